@@ -1,0 +1,199 @@
+//! The two kinds of error, split by consequence: `Fatal` (configuration, roots, runtime
+//! start → exit 1) and `EntryError` (one entry could not be mirrored: logged, counted, the
+//! pass goes on → exit 23 in `--once`). Uses only `relpath` and std.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::relpath::{Escaped, RelPath};
+
+/// What replicad was doing to an entry when it failed; the first word of the error line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Reading an entry's metadata (lstat/statx).
+    Stat,
+    /// Listing a directory.
+    List,
+    /// Opening a directory.
+    OpenDir,
+    /// Reading a file or a symlink's target.
+    Read,
+    /// Copying a file's content.
+    Copy,
+    /// Checking a copy's MD5 against the source's (`--verify`).
+    Verify,
+    /// Creating a directory, symlink, FIFO or device node.
+    Create,
+    /// Setting mode, owner or mtime.
+    SetAttrs,
+    /// Removing an entry (or a tree).
+    Remove,
+    /// Renaming inside REPLICA.
+    Rename,
+    /// An entry type that cannot be mirrored (socket; device node without CAP_MKNOD).
+    Skip,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Op::Stat => "stat",
+            Op::List => "list",
+            Op::OpenDir => "open-dir",
+            Op::Read => "read",
+            Op::Copy => "copy",
+            Op::Verify => "verify",
+            Op::Create => "create",
+            Op::SetAttrs => "attrs",
+            Op::Remove => "remove",
+            Op::Rename => "rename",
+            Op::Skip => "skip",
+        })
+    }
+}
+
+/// Why an entry could not be mirrored.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryErrorKind {
+    /// The OS refused.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The source file changed while it was being copied; the copy was discarded.
+    #[error("source changed while being copied (retry later)")]
+    ChangedDuringCopy,
+    /// `--verify`: the replica's MD5 did not match the source's.
+    #[error("MD5 mismatch after copy (source {source_md5}, replica {replica_md5})")]
+    VerifyMismatch {
+        /// Hex MD5 of the source.
+        source_md5: String,
+        /// Hex MD5 of the replica copy.
+        replica_md5: String,
+    },
+    /// A type replicad does not mirror (sockets), or cannot here (devices without CAP_MKNOD).
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// Shutdown was requested mid-operation; nothing half-done was left behind.
+    #[error("cancelled by shutdown")]
+    Cancelled,
+}
+
+/// One entry could not be mirrored. Logged with its path, counted, and the pass goes on.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {kind}")]
+pub struct EntryError {
+    /// What was being done.
+    pub op: Op,
+    /// The entry, relative to the roots.
+    pub path: RelPath,
+    /// What went wrong.
+    #[source]
+    pub kind: EntryErrorKind,
+}
+
+impl EntryError {
+    /// An entry error from an OS error.
+    pub fn io(op: Op, path: &RelPath, err: impl Into<io::Error>) -> Self {
+        EntryError { op, path: path.clone(), kind: EntryErrorKind::Io(err.into()) }
+    }
+
+    /// An entry error of another kind.
+    pub fn new(op: Op, path: &RelPath, kind: EntryErrorKind) -> Self {
+        EntryError { op, path: path.clone(), kind }
+    }
+
+    /// The raw OS error number, if this came from the OS.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.kind {
+            EntryErrorKind::Io(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    /// Worth retrying soon (the file was moving under us), rather than waiting for a pass.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, EntryErrorKind::ChangedDuringCopy)
+    }
+}
+
+/// Errors that stop replicad (exit status 1): bad configuration, unusable roots, a tripped
+/// deletion guard in `--once`, or a runtime that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    /// SOURCE does not exist, is not a directory, or cannot be read.
+    #[error("source {}: {reason}", Escaped::path(.path))]
+    Source {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// REPLICA exists but is not a directory, or cannot be created/opened.
+    #[error("replica {}: {reason}", Escaped::path(.path))]
+    Replica {
+        /// The path as given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// SOURCE and REPLICA are the same directory or nested.
+    #[error("source {} and replica {}: {reason}", Escaped::path(.source_path), Escaped::path(.replica_path))]
+    Overlap {
+        /// SOURCE as given.
+        source_path: PathBuf,
+        /// REPLICA as given.
+        replica_path: PathBuf,
+        /// Same directory, or which one contains the other.
+        reason: &'static str,
+    },
+    /// An `--exclude` pattern does not parse.
+    #[error("exclude pattern {pattern:?}: {reason}")]
+    Exclude {
+        /// The pattern.
+        pattern: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The log file cannot be opened.
+    #[error("log file {}: {source}", Escaped::path(.path))]
+    LogFile {
+        /// The path as given.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The deletion guard refused a pass (SOURCE empty, gone or on another device).
+    #[error("deletion guard: {0}")]
+    Guard(GuardTrip),
+    /// The runtime or the service could not start or keep running.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What was being started.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Why the deletion guard stopped a pass from deleting anything.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardTrip {
+    /// SOURCE cannot be opened any more.
+    #[error("source has disappeared ({0}); nothing deleted, waiting for it to come back")]
+    SourceGone(String),
+    /// SOURCE is now on another filesystem (typically: its disk was unmounted).
+    #[error(
+        "source is no longer on the filesystem it was on at start (device {was:#x}, now {now:#x}: unmounted?); nothing deleted, waiting for it to come back"
+    )]
+    DeviceChanged {
+        /// Device at start.
+        was: u64,
+        /// Device now.
+        now: u64,
+    },
+    /// SOURCE is empty while REPLICA is not.
+    #[error(
+        "source is empty but the replica is not; nothing deleted (pass --allow-empty-source if SOURCE is meant to be empty)"
+    )]
+    SourceEmpty,
+}

@@ -1,0 +1,33 @@
+//! replicad keeps a REPLICA directory an exact one-way copy of a SOURCE directory.
+//!
+//! # Layout
+//! Events are hints, the filesystem is the truth: one idempotent operation, *reconcile a
+//! path*, is used by both the periodic full pass and the event queue. Imports point down:
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`service`] | the only place that spawns: watcher, passes, queue workers, signals, systemd |
+//! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s |
+//! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
+//! | [`reconcile`] | the engine: `decide` (pure) then `apply`, over an explicit work list |
+//! | [`ops`] | primitive replica operations, each safe alone; never follow links in REPLICA |
+//! | [`checksum`] | MD5 of a file and a bounded cache keyed by inode and timestamps |
+//! | [`entry`] | what one `statx` says about an entry, and how two entries differ |
+//! | [`config`] | validated configuration built once from [`cli::Args`] |
+//! | [`cli`] | the clap argument struct and DURATION parsing |
+//! | [`logging`] | the tracing subscriber (stderr + optional file, text or JSON) |
+//! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
+//! | [`relpath`] | paths relative to the roots, escaped for display |
+
+pub mod checksum;
+pub mod cli;
+pub mod config;
+pub mod entry;
+pub mod error;
+pub mod logging;
+pub mod ops;
+pub mod queue;
+pub mod reconcile;
+pub mod relpath;
+pub mod service;
+pub mod watch;
