@@ -239,16 +239,20 @@ fn is_temp_name(path: &RelPath) -> bool {
 pub enum WatchError {
     /// inotify's per-user watch limit is reached: part of SOURCE is not watched.
     #[error(
-        "inotify watch limit reached{} (fs.inotify.max_user_watches = {}); changes there are \
+        "inotify watch limit reached{} (fs.inotify.max_user_watches = {}{}); changes there are \
          seen only by the periodic pass; raise it with `sysctl fs.inotify.max_user_watches=N`",
         at(.path.as_deref()),
-        limit(*.max_user_watches)
+        limit(*.max_user_watches),
+        namespace_limit(*.max_user_watches, *.namespace_max_watches)
     )]
     TooManyWatches {
         /// The first directory that could not be watched, if known.
         path: Option<PathBuf>,
         /// The current value of `/proc/sys/fs/inotify/max_user_watches`, if readable.
         max_user_watches: Option<u64>,
+        /// `/proc/sys/user/max_inotify_watches`: the user namespace's own limit (containers),
+        /// which can be the lower one.
+        namespace_max_watches: Option<u64>,
     },
     /// Too many inotify instances (fs.inotify.max_user_instances) or open files.
     #[error(
@@ -274,6 +278,15 @@ pub enum WatchError {
 
 fn at(path: Option<&Path>) -> String {
     path.map(|p| format!(" at {}", Escaped::path(p))).unwrap_or_default()
+}
+
+/// Names the user namespace's limit only when it is the one that bites.
+fn namespace_limit(global: Option<u64>, namespace: Option<u64>) -> String {
+    match (global, namespace) {
+        (Some(g), Some(n)) if n < g => format!(", user.max_inotify_watches = {n}"),
+        (None, Some(n)) => format!(", user.max_inotify_watches = {n}"),
+        _ => String::new(),
+    }
 }
 
 fn limit(value: Option<u64>) -> String {
@@ -312,6 +325,7 @@ impl WatchError {
             (WatchErrorKind::TooManyWatches, _) => WatchError::TooManyWatches {
                 path,
                 max_user_watches: read_limit("/proc/sys/fs/inotify/max_user_watches"),
+                namespace_max_watches: read_limit("/proc/sys/user/max_inotify_watches"),
             },
             (WatchErrorKind::TooManyInstances, notify::ErrorKind::Io(e)) => {
                 WatchError::TooManyInstances {
@@ -914,5 +928,64 @@ mod tests {
         assert!(cat.status.success());
         let _ = std::fs::read_dir(root.join("d")).unwrap().count();
         assert_eq!(drain(&mut rx).await, vec![], "reads must not come back as hints");
+    }
+
+    /// The real watch limit, lowered to 5 inside an unprivileged user namespace (NOTES
+    /// §1.10): the test binary re-runs this one test under `unshare -Ur`. Skipped where user
+    /// namespaces are not allowed.
+    #[test]
+    fn real_watch_limit_in_a_user_namespace() {
+        const INSIDE: &str = "REPLICAD_TEST_INSIDE_USERNS";
+        if std::env::var_os(INSIDE).is_none() {
+            let exe = std::env::current_exe().unwrap();
+            let run = std::process::Command::new("unshare")
+                .args([
+                    "-Ur",
+                    "sh",
+                    "-c",
+                    "echo 5 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"",
+                ])
+                .arg(exe)
+                .args([
+                    "--exact",
+                    "watch::tests::real_watch_limit_in_a_user_namespace",
+                    "--nocapture",
+                ])
+                .env(INSIDE, "1")
+                .output();
+            match run {
+                Ok(out) if out.status.success() => {
+                    let stdout = String::from_utf8_lossy(&out.stdout);
+                    assert!(stdout.contains("1 passed"), "inner test did not run: {stdout}");
+                }
+                Ok(out) if String::from_utf8_lossy(&out.stdout).contains("test result") => {
+                    let (stdout, stderr) = (
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr),
+                    );
+                    panic!("inner test failed:\n{stdout}\n{stderr}")
+                }
+                _ => eprintln!("skipped: no unprivileged user namespaces here"),
+            }
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().canonicalize().unwrap();
+            for i in 0..10 {
+                std::fs::create_dir(root.join(format!("d{i}"))).unwrap();
+            }
+            let (tx, mut rx) = mpsc::channel(1024);
+            let no_excludes: Excluder = Arc::new(|_: &RelPath, _: bool| false);
+            let watch = Watch::start(&root, DEBOUNCE, tx, Arc::new(Notify::new()), no_excludes)
+                .expect("the watcher itself starts");
+            let err = watch.degraded().expect("the watch is partial");
+            assert_eq!(err.kind(), WatchErrorKind::TooManyWatches, "{err}");
+            assert!(err.to_string().contains("user.max_inotify_watches = 5"), "{err}");
+            // The root is watched first; a directory made in it now cannot be: full pass.
+            std::fs::create_dir(root.join("new")).unwrap();
+            wait_for(&mut rx, |h| *h == Hint::FullPass).await;
+        });
     }
 }
