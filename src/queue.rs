@@ -253,9 +253,12 @@ impl PendingSet {
         }
     }
 
-    /// When the earliest pending work is due (possibly already past; it may be blocked).
-    pub fn next_due(&self) -> Option<Instant> {
-        self.order.first().map(|&(due, _)| due)
+    /// When pending work next becomes due, after `now`: the time to sleep until. Work that
+    /// is due already but blocked is not counted; only a `finish` or a `push` can unblock
+    /// it, and the caller wakes for those anyway. (Returning the earliest due time instead
+    /// would stall a directory waiting on a child in backoff.)
+    pub fn next_due(&self, now: Instant) -> Option<Instant> {
+        self.order.range((now, u64::MAX)..).next().map(|&(due, _)| due).filter(|&due| due > now)
     }
 
     /// Pending works (not counting those in flight, nor the full-pass flag).
@@ -422,8 +425,7 @@ pub async fn run_queue<F, Fut>(
     let mut hints_open = true;
     loop {
         shell.start_ready(&work);
-        let now = Instant::now();
-        let wake = shell.set.next_due().filter(|&due| due > now);
+        let wake = shell.set.next_due(Instant::now());
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
@@ -837,21 +839,34 @@ mod tests {
     fn next_due_and_counts() {
         let t0 = Instant::now();
         let mut set = PendingSet::default();
-        assert_eq!(set.next_due(), None);
+        assert_eq!(set.next_due(t0), None);
         set.push(hp("a"), t0);
         set.push(hp("b"), t0 + ms(5));
-        assert_eq!(set.next_due(), Some(t0));
+        assert_eq!(set.next_due(t0), Some(t0 + ms(5)), "a is due already: no need to sleep for it");
+        assert_eq!(set.next_due(t0 - ms(1)), Some(t0));
         assert_eq!((set.len(), set.in_flight()), (2, 0));
         assert_eq!(set.pop_ready(t0), Some(wp("a")));
-        assert_eq!(set.next_due(), Some(t0 + ms(5)));
         assert_eq!((set.len(), set.in_flight()), (1, 1));
         assert_eq!(
             set.finish(&wp("a"), Outcome::Transient, t0),
             Finished::Retry { retry: 1, at: t0 + ms(200) }
         );
-        assert_eq!(set.next_due(), Some(t0 + ms(5)));
+        assert_eq!(set.next_due(t0), Some(t0 + ms(5)));
         assert_eq!(set.pop_ready(t0 + ms(5)), Some(wp("b")));
-        assert_eq!(set.next_due(), Some(t0 + ms(200)));
+        assert_eq!(set.next_due(t0 + ms(5)), Some(t0 + ms(200)));
+        assert_eq!(set.next_due(t0 + ms(200)), None);
+    }
+
+    #[test]
+    fn next_due_skips_due_work_to_find_a_blocking_retry() {
+        let t0 = Instant::now();
+        let mut set = PendingSet::default();
+        set.push(hp("d/f"), t0);
+        assert_eq!(set.pop_ready(t0), Some(wp("d/f")));
+        set.finish(&wp("d/f"), Outcome::Transient, t0);
+        set.push(hp("d"), t0 + ms(50));
+        assert_eq!(set.pop_ready(t0 + ms(50)), None, "d waits for its child");
+        assert_eq!(set.next_due(t0 + ms(50)), Some(t0 + ms(200)));
     }
 
     #[test]
@@ -872,7 +887,8 @@ mod tests {
         active: Arc<Mutex<Vec<Work>>>,
         overlaps: Arc<AtomicUsize>,
         max_running: Arc<AtomicUsize>,
-        transient: Arc<Mutex<Vec<RelPath>>>,
+        /// How many more times each path answers `Transient`.
+        transient: Arc<Mutex<HashMap<RelPath, u32>>>,
         busy: Duration,
     }
 
@@ -906,8 +922,14 @@ mod tests {
             }
             tokio::time::sleep(self.busy).await;
             self.active.lock().unwrap().retain(|w| w != &work);
-            let transient = matches!(&work, Work::Path { path, .. } if self.transient.lock().unwrap().contains(path));
-            if transient { Outcome::Transient } else { Outcome::Success }
+            let Work::Path { path, .. } = &work else { return Outcome::Success };
+            match self.transient.lock().unwrap().get_mut(path) {
+                Some(left) if *left > 0 => {
+                    *left -= 1;
+                    Outcome::Transient
+                }
+                _ => Outcome::Success,
+            }
         }
 
         fn works(&self) -> Vec<Work> {
@@ -983,7 +1005,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shell_retries_transient_failures_with_backoff_then_stops() {
         let fake = Fake::with_busy(Duration::ZERO);
-        fake.transient.lock().unwrap().push(rp("f"));
+        fake.transient.lock().unwrap().insert(rp("f"), u32::MAX);
         let run = start(&fake, 1, vec![hp("f")]);
         tokio::time::sleep(Duration::from_secs(10)).await;
         run.stop().await;
@@ -1014,5 +1036,19 @@ mod tests {
         assert!(Instant::now() - cancelled_at >= ms(900), "returned before the work finished");
         assert_eq!(fake.works(), vec![wp("slow")], "started new work after cancel");
         assert!(fake.active.lock().unwrap().is_empty());
+    }
+
+    /// A directory's own look waits for a child in backoff; the loop must still wake at the
+    /// child's due time rather than wait for a hint that may never come.
+    #[tokio::test(start_paused = true)]
+    async fn shell_wakes_for_a_retry_that_a_due_parent_waits_on() {
+        let fake = Fake::with_busy(Duration::ZERO);
+        fake.transient.lock().unwrap().insert(rp("d/f"), 1);
+        let run = start(&fake, 1, vec![hp("d/f")]);
+        tokio::time::sleep(ms(50)).await;
+        run.hints.send(hp("d")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        run.stop().await;
+        assert_eq!(fake.works(), vec![wp("d/f"), wp("d/f"), wp("d")]);
     }
 }
