@@ -67,9 +67,7 @@ pub struct Md5Cache {
 impl Default for Md5Cache {
     fn default() -> Self {
         let cap = NonZeroUsize::new(CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN);
-        Md5Cache {
-            map: Mutex::new(LruCache::new(cap)),
-        }
+        Md5Cache { map: Mutex::new(LruCache::new(cap)) }
     }
 }
 
@@ -83,11 +81,7 @@ impl Md5Cache {
         cancelled: &dyn Fn() -> bool,
     ) -> io::Result<Md5Sum> {
         let key = (entry.dev, entry.ino);
-        let stamp = Stamp {
-            size: entry.size,
-            mtime: entry.mtime,
-            ctime: entry.ctime,
-        };
+        let stamp = Stamp { size: entry.size, mtime: entry.mtime, ctime: entry.ctime };
         if let Some((cached, sum)) = self.lock().get(&key).copied()
             && cached == stamp
         {
@@ -114,15 +108,9 @@ mod tests {
     fn md5_of_known_content() -> io::Result<()> {
         let mut f = tempfile::tempfile()?;
         f.write_all(b"The quick brown fox jumps over the lazy dog")?;
-        assert_eq!(
-            hex(&md5_fd(&f, &|| false)?),
-            "9e107d9d372bb6826bd81d3542a419d6"
-        );
+        assert_eq!(hex(&md5_fd(&f, &|| false)?), "9e107d9d372bb6826bd81d3542a419d6");
         let empty = tempfile::tempfile()?;
-        assert_eq!(
-            hex(&md5_fd(&empty, &|| false)?),
-            "d41d8cd98f00b204e9800998ecf8427e"
-        );
+        assert_eq!(hex(&md5_fd(&empty, &|| false)?), "d41d8cd98f00b204e9800998ecf8427e");
         Ok(())
     }
 

@@ -96,9 +96,7 @@ pub enum LogFormat {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let parsed = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-        text.parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|e| e.to_string())
+        text.parse::<u64>().map(Duration::from_secs).map_err(|e| e.to_string())
     } else {
         humantime::parse_duration(text).map_err(|e| e.to_string())
     }?;

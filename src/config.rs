@@ -98,10 +98,7 @@ fn clamp_verbosity(verbose: u8, quiet: u8) -> i8 {
 }
 
 fn check_source(given: &Path) -> Result<PathBuf, Fatal> {
-    let fail = |reason: String| Fatal::Source {
-        path: given.to_path_buf(),
-        reason,
-    };
+    let fail = |reason: String| Fatal::Source { path: given.to_path_buf(), reason };
     let meta = fs::metadata(given).map_err(|e| fail(describe(&e)))?;
     if !meta.is_dir() {
         return Err(fail("not a directory".into()));
@@ -115,10 +112,7 @@ fn check_source(given: &Path) -> Result<PathBuf, Fatal> {
 }
 
 fn check_replica(given: &Path, source: &Path, source_given: &Path) -> Result<PathBuf, Fatal> {
-    let fail = |reason: String| Fatal::Replica {
-        path: given.to_path_buf(),
-        reason,
-    };
+    let fail = |reason: String| Fatal::Replica { path: given.to_path_buf(), reason };
     let replica = match fs::symlink_metadata(given) {
         Ok(_) => {
             let meta = fs::metadata(given).map_err(|e| fail(describe(&e)))?;
@@ -218,15 +212,11 @@ impl Excludes {
         for pattern in patterns {
             builder
                 .add_line(None, pattern)
-                .map_err(|e| Fatal::Exclude {
-                    pattern: pattern.clone(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| Fatal::Exclude { pattern: pattern.clone(), reason: e.to_string() })?;
         }
-        let set = builder.build().map_err(|e| Fatal::Exclude {
-            pattern: patterns.join(" "),
-            reason: e.to_string(),
-        })?;
+        let set = builder
+            .build()
+            .map_err(|e| Fatal::Exclude { pattern: patterns.join(" "), reason: e.to_string() })?;
         Ok(Excludes(Some(set)))
     }
 
@@ -252,9 +242,9 @@ impl Excludes {
     /// Whether `path` or any of its parents matches (for single paths from events).
     pub fn matches_path_or_parent(&self, path: &RelPath, is_dir: bool) -> bool {
         match &self.0 {
-            Some(set) if !path.is_root() => set
-                .matched_path_or_any_parents(path.as_path(), is_dir)
-                .is_ignore(),
+            Some(set) if !path.is_root() => {
+                set.matched_path_or_any_parents(path.as_path(), is_dir).is_ignore()
+            }
             _ => false,
         }
     }
@@ -272,10 +262,7 @@ mod tests {
     fn excludes_follow_gitignore_rules() -> Result<(), Fatal> {
         let ex = Excludes::new(Path::new("/src"), &["build/".into(), "*.o".into()])?;
         assert!(ex.matches(&rel("build"), true));
-        assert!(
-            !ex.matches(&rel("build"), false),
-            "build/ only matches directories"
-        );
+        assert!(!ex.matches(&rel("build"), false), "build/ only matches directories");
         assert!(ex.matches(&rel("a/x.o"), false));
         assert!(!ex.matches(&rel("build/x.c"), false));
         assert!(ex.matches_path_or_parent(&rel("build/x.c"), false));

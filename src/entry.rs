@@ -70,10 +70,7 @@ pub struct Time {
 
 impl From<StatxTimestamp> for Time {
     fn from(t: StatxTimestamp) -> Time {
-        Time {
-            sec: t.tv_sec,
-            nsec: t.tv_nsec,
-        }
+        Time { sec: t.tv_sec, nsec: t.tv_nsec }
     }
 }
 
@@ -191,11 +188,7 @@ impl AttrDiff {
 
     /// Everything: for a freshly created entry.
     pub fn all(owners: bool) -> AttrDiff {
-        AttrDiff {
-            mode: true,
-            mtime: true,
-            owner: owners,
-        }
+        AttrDiff { mode: true, mtime: true, owner: owners }
     }
 }
 

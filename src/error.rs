@@ -100,20 +100,12 @@ pub struct EntryError {
 impl EntryError {
     /// An entry error from an OS error.
     pub fn io(op: Op, path: &RelPath, err: impl Into<io::Error>) -> Self {
-        EntryError {
-            op,
-            path: path.clone(),
-            kind: EntryErrorKind::Io(err.into()),
-        }
+        EntryError { op, path: path.clone(), kind: EntryErrorKind::Io(err.into()) }
     }
 
     /// An entry error of another kind.
     pub fn new(op: Op, path: &RelPath, kind: EntryErrorKind) -> Self {
-        EntryError {
-            op,
-            path: path.clone(),
-            kind,
-        }
+        EntryError { op, path: path.clone(), kind }
     }
 
     /// The raw OS error number, if this came from the OS.

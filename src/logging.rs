@@ -24,11 +24,8 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Installs the global subscriber. Fails (exit 1) only if the log file cannot be opened.
 pub fn init(format: LogFormat, verbosity: i8, log_file: Option<&Path>) -> Result<LogGuard, Fatal> {
-    let mut layers: Vec<BoxedLayer> = vec![layer(
-        format,
-        std::io::stderr,
-        std::io::stderr().is_terminal(),
-    )];
+    let mut layers: Vec<BoxedLayer> =
+        vec![layer(format, std::io::stderr, std::io::stderr().is_terminal())];
     let mut guard = None;
     if let Some(path) = log_file {
         let file = open_log_file(path)?;
@@ -37,10 +34,7 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<&Path>) -> Result
         guard = Some(g);
     }
     // try_init: tests may install a subscriber more than once in one process.
-    let _ = tracing_subscriber::registry()
-        .with(layers)
-        .with(filter(verbosity))
-        .try_init();
+    let _ = tracing_subscriber::registry().with(layers).with(filter(verbosity)).try_init();
     Ok(LogGuard { _file: guard })
 }
 
@@ -57,11 +51,8 @@ fn filter(verbosity: i8) -> EnvFilter {
         _ => "trace",
     };
     // Dependencies stay at info so -v shows replicad's own decisions, not notify's.
-    let directive = if verbosity > 0 {
-        format!("info,replicad={level}")
-    } else {
-        level.to_string()
-    };
+    let directive =
+        if verbosity > 0 { format!("info,replicad={level}") } else { level.to_string() };
     EnvFilter::new(directive)
 }
 
@@ -69,30 +60,17 @@ fn layer<W>(format: LogFormat, writer: W, ansi: bool) -> BoxedLayer
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let base = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
-        .with_target(false);
+    let base = tracing_subscriber::fmt::layer().with_writer(writer).with_target(false);
     match format {
         LogFormat::Text => base.with_ansi(ansi).boxed(),
-        LogFormat::Json => base
-            .json()
-            .flatten_event(true)
-            .with_span_list(false)
-            .boxed(),
+        LogFormat::Json => base.json().flatten_event(true).with_span_list(false).boxed(),
     }
 }
 
 fn open_log_file(path: &Path) -> Result<std::fs::File, Fatal> {
-    let fail = |source| Fatal::LogFile {
-        path: path.to_path_buf(),
-        source,
-    };
+    let fail = |source| Fatal::LogFile { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(fail)?;
     }
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(fail)
+    OpenOptions::new().append(true).create(true).open(path).map_err(fail)
 }

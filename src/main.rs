@@ -19,17 +19,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _log_guard = match logging::init(
-        config.log_format,
-        config.verbosity,
-        config.log_file.as_deref(),
-    ) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("replicad: {:#}", anyhow::Error::from(e));
-            return ExitCode::from(1);
-        }
-    };
+    let _log_guard =
+        match logging::init(config.log_format, config.verbosity, config.log_file.as_deref()) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("replicad: {:#}", anyhow::Error::from(e));
+                return ExitCode::from(1);
+            }
+        };
     // The guard is dropped after `run` returns, so the last log lines reach the file.
     ExitCode::from(service::run_main(config))
 }

@@ -31,10 +31,7 @@ pub struct TempNames {
 
 impl Default for TempNames {
     fn default() -> Self {
-        TempNames {
-            pid: std::process::id(),
-            next: AtomicU64::new(0),
-        }
+        TempNames { pid: std::process::id(), next: AtomicU64::new(0) }
     }
 }
 
@@ -121,21 +118,14 @@ pub fn list_dir(fd: impl AsFd) -> io::Result<Vec<DirItem>> {
         if name == c"." || name == c".." {
             continue;
         }
-        items.push(DirItem {
-            name: name.to_owned(),
-            kind_hint: entry.file_type(),
-        });
+        items.push(DirItem { name: name.to_owned(), kind_hint: entry.file_type() });
     }
     Ok(items)
 }
 
 /// Creates the directory `name` (private until its attributes are set after its children).
 pub fn make_dir(dirfd: impl AsFd, name: &CStr) -> io::Result<()> {
-    Ok(rustix::fs::mkdirat(
-        dirfd,
-        name,
-        Mode::from_raw_mode(0o700),
-    )?)
+    Ok(rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700))?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -157,10 +147,14 @@ impl Drop for TempFile<'_> {
     }
 }
 
+fn read_only_nofollow() -> OFlags {
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
+}
+
 /// Opens a SOURCE file for reading without following a link and without blocking on a
 /// FIFO swapped in since it was statted; skips atime updates where allowed.
 fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let flags = read_only_nofollow();
     match rustix::fs::openat(dirfd, name, flags | OFlags::NOATIME, Mode::empty()) {
         Err(Errno::PERM) => Ok(rustix::fs::openat(dirfd, name, flags, Mode::empty())?),
         other => Ok(other?),
@@ -183,11 +177,7 @@ pub fn copy_file(
         return Err(EntryErrorKind::ChangedDuringCopy);
     }
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let mut temp = TempFile {
-        dir: dst_dir,
-        name: ctx.temp_names.next(),
-        live: false,
-    };
+    let mut temp = TempFile { dir: dst_dir, name: ctx.temp_names.next(), live: false };
     let tmp = rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600))?;
     temp.live = true;
 
@@ -197,7 +187,9 @@ pub fn copy_file(
         return Err(EntryErrorKind::ChangedDuringCopy);
     }
     if ctx.opts.verify {
-        verify_copy(&src, &tmp, &before, ctx.md5_cache, ctx.cancelled)?;
+        // Re-read what landed on disk, through a fresh read-only descriptor.
+        let written = rustix::fs::openat(dst_dir, &temp.name, read_only_nofollow(), Mode::empty())?;
+        verify_copy(&src, &written, &before, ctx.md5_cache, ctx.cancelled)?;
     }
     if ctx.opts.fsync {
         rustix::fs::fdatasync(&tmp)?;
@@ -330,11 +322,7 @@ pub fn make_symlink(
     chown: bool,
     temp_names: &TempNames,
 ) -> io::Result<()> {
-    let mut temp = TempFile {
-        dir: dirfd,
-        name: temp_names.next(),
-        live: false,
-    };
+    let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
     rustix::fs::symlinkat(target, dirfd, &temp.name)?;
     temp.live = true;
     set_attrs_at(dirfd, &temp.name, Kind::Symlink, src, AttrDiff::all(chown))?;
@@ -357,18 +345,8 @@ pub fn make_special(
         Kind::BlockDevice => FileType::BlockDevice,
         _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
-    let mut temp = TempFile {
-        dir: dirfd,
-        name: temp_names.next(),
-        live: false,
-    };
-    rustix::fs::mknodat(
-        dirfd,
-        &temp.name,
-        file_type,
-        Mode::from_raw_mode(0o600),
-        src.rdev,
-    )?;
+    let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
+    rustix::fs::mknodat(dirfd, &temp.name, file_type, Mode::from_raw_mode(0o600), src.rdev)?;
     temp.live = true;
     set_attrs_at(dirfd, &temp.name, src.kind, src, AttrDiff::all(chown))?;
     rustix::fs::renameat(dirfd, &temp.name, dirfd, name)?;
@@ -387,14 +365,8 @@ pub fn read_link_at(dirfd: impl AsFd, name: &CStr) -> io::Result<CString> {
 
 fn timestamps(mtime: Time) -> Timestamps {
     Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: mtime.sec,
-            tv_nsec: i64::from(mtime.nsec),
-        },
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: i64::from(mtime.nsec) },
     }
 }
 
@@ -436,12 +408,7 @@ pub fn set_attrs_at(
         chmod_nofollow(dirfd, name, kind, src.mode)?;
     }
     if diff.mtime {
-        rustix::fs::utimensat(
-            dirfd,
-            name,
-            &timestamps(src.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
+        rustix::fs::utimensat(dirfd, name, &timestamps(src.mtime), AtFlags::SYMLINK_NOFOLLOW)?;
     }
     Ok(())
 }
@@ -494,20 +461,12 @@ pub fn remove_tree(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<u64> {
     let mut removed = 0u64;
     let root = open_dir_at(dirfd, name)?;
     let subdirs = empty_dir_of_files(&root, &mut removed)?;
-    let mut stack = vec![Frame {
-        fd: root,
-        name: name.to_owned(),
-        subdirs,
-    }];
+    let mut stack = vec![Frame { fd: root, name: name.to_owned(), subdirs }];
     while let Some(top) = stack.last_mut() {
         if let Some(sub) = top.subdirs.pop() {
             let fd = open_dir_at(&top.fd, &sub)?;
             let subdirs = empty_dir_of_files(&fd, &mut removed)?;
-            stack.push(Frame {
-                fd,
-                name: sub,
-                subdirs,
-            });
+            stack.push(Frame { fd, name: sub, subdirs });
             continue;
         }
         let Some(done) = stack.pop() else { break };
@@ -568,9 +527,7 @@ pub fn rename_noreplace(
     to: &CStr,
 ) -> io::Result<()> {
     let flags = rustix::fs::RenameFlags::NOREPLACE;
-    Ok(rustix::fs::renameat_with(
-        from_dir, from, to_dir, to, flags,
-    )?)
+    Ok(rustix::fs::renameat_with(from_dir, from, to_dir, to, flags)?)
 }
 
 /// Flushes the whole REPLICA filesystem once (end of a pass without `--fsync`).

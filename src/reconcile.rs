@@ -89,11 +89,7 @@ pub fn decide(
 }
 
 fn attrs_action(diff: AttrDiff) -> Action {
-    if diff.is_empty() {
-        Action::Nothing
-    } else {
-        Action::Attrs(diff)
-    }
+    if diff.is_empty() { Action::Nothing } else { Action::Attrs(diff) }
 }
 
 // =======================================================================================
@@ -289,19 +285,12 @@ impl Engine {
     ) -> Result<Engine, Fatal> {
         let source_dev = open_dir_path(&config.source)
             .and_then(|fd| Entry::stat_fd(&fd))
-            .map_err(|e| Fatal::Source {
-                path: config.source.clone(),
-                reason: e.to_string(),
-            })?
+            .map_err(|e| Fatal::Source { path: config.source.clone(), reason: e.to_string() })?
             .dev;
         let opts = EngineOptions {
             dry_run: config.dry_run,
             checksum: config.checksum,
-            copy: CopyOptions {
-                chown: config.chown,
-                fsync: config.fsync,
-                verify: config.verify,
-            },
+            copy: CopyOptions { chown: config.chown, fsync: config.fsync, verify: config.verify },
             allow_empty_source: config.allow_empty_source,
             jobs: config.jobs.max(1),
         };
@@ -309,10 +298,7 @@ impl Engine {
             source: config.source.clone(),
             replica: config.replica.clone(),
             source_dev,
-            rules: Rules {
-                owners: config.chown,
-                checksum: config.checksum,
-            },
+            rules: Rules { owners: config.chown, checksum: config.checksum },
             opts,
             excludes,
             temp_names: TempNames::default(),
@@ -395,14 +381,9 @@ impl Engine {
     /// the device it was on at start, and (unless allowed) not be empty while REPLICA is not.
     fn open_roots(&self) -> Result<Roots, GuardTrip> {
         let src = open_dir_path(&self.source).map_err(|e| GuardTrip::SourceGone(e.to_string()))?;
-        let now = Entry::stat_fd(&src)
-            .map_err(|e| GuardTrip::SourceGone(e.to_string()))?
-            .dev;
+        let now = Entry::stat_fd(&src).map_err(|e| GuardTrip::SourceGone(e.to_string()))?.dev;
         if now != self.source_dev {
-            return Err(GuardTrip::DeviceChanged {
-                was: self.source_dev,
-                now,
-            });
+            return Err(GuardTrip::DeviceChanged { was: self.source_dev, now });
         }
         let dst = match open_dir_path(&self.replica) {
             Ok(fd) => Some(fd),
@@ -433,23 +414,16 @@ impl Engine {
 
     fn reconcile_root(&self, roots: Roots, counters: &Counters) {
         let root = RelPath::root();
-        let (src, dst) = match (
-            Entry::stat_fd(&roots.src),
-            roots.dst.as_ref().map(Entry::stat_fd),
-        ) {
+        let (src, dst) = match (Entry::stat_fd(&roots.src), roots.dst.as_ref().map(Entry::stat_fd))
+        {
             (Ok(s), None) => (s, None),
             (Ok(s), Some(Ok(d))) => (s, Some(d)),
             (Err(e), _) | (_, Some(Err(e))) => {
                 return self.record(counters, EntryError::io(Op::Stat, &root, e));
             }
         };
-        let job = DirJob {
-            rel: root,
-            src,
-            dst,
-            open: Opening::Root(roots.src, roots.dst),
-            parent: None,
-        };
+        let job =
+            DirJob { rel: root, src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
         self.run_work(vec![Work::Dir(job)], counters);
         if !self.opts.dry_run && !self.opts.copy.fsync {
             let synced = open_dir_path(&self.replica).and_then(|fd| ops::sync_filesystem(&fd));
@@ -496,10 +470,7 @@ impl Engine {
                 return self.reconcile_one(&src_fd, &dst_fd, &here, &child, recursive, counters);
             }
             let cname = c_name(name);
-            match (
-                ops::open_dir_at(&src_fd, &cname),
-                ops::open_dir_at(&dst_fd, &cname),
-            ) {
+            match (ops::open_dir_at(&src_fd, &cname), ops::open_dir_at(&dst_fd, &cname)) {
                 (Ok(s), Ok(d)) => {
                     src_fd = s;
                     dst_fd = d;
@@ -550,16 +521,8 @@ impl Engine {
                     }
                 };
                 let parent = DirNode::detached(dir_rel.clone(), Some(dst_parent));
-                let open = Opening::Child {
-                    src_parent: Arc::new(src_parent),
-                };
-                let job = DirJob {
-                    rel: rel.clone(),
-                    src,
-                    dst,
-                    open,
-                    parent: Some(parent),
-                };
+                let open = Opening::Child { src_parent: Arc::new(src_parent) };
+                let job = DirJob { rel: rel.clone(), src, dst, open, parent: Some(parent) };
                 self.run_work(vec![Work::Dir(job)], counters);
             }
             (Action::Descend, Some(src)) => {
@@ -568,12 +531,7 @@ impl Engine {
                 }
             }
             (action, src) => {
-                let item = Item {
-                    name,
-                    src,
-                    dst,
-                    action,
-                };
+                let item = Item { name, src, dst, action };
                 self.apply(src_dir, Some(dst_dir), dir_rel, item, counters);
             }
         }
@@ -595,11 +553,7 @@ impl Engine {
         let result = Entry::stat_fd(src_dir).and_then(|src| {
             let dst = Entry::stat_fd(dst_dir)?;
             let diff = src.attr_diff(&dst, self.rules.owners);
-            if diff.is_empty() {
-                Ok(())
-            } else {
-                ops::set_attrs_fd(dst_dir, &src, diff)
-            }
+            if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_dir, &src, diff) }
         });
         if let Err(e) = result {
             self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
@@ -712,13 +666,7 @@ impl Engine {
     /// Opens (creating if needed) one directory on both sides, lists both, decides every
     /// child, and queues the work: subdirectories as their own jobs, the rest in batches.
     fn run_dir(&self, job: DirJob, list: &WorkList, counters: &Counters) {
-        let DirJob {
-            rel,
-            src,
-            dst,
-            open,
-            parent,
-        } = job;
+        let DirJob { rel, src, dst, open, parent } = job;
         let opened = match open {
             Opening::Root(src_fd, dst_fd) => Ok((src_fd, dst_fd, false)),
             Opening::Child { src_parent } => {
@@ -814,16 +762,9 @@ impl Engine {
                 continue;
             };
             match item {
-                Item {
-                    action: Action::Descend,
-                    src: Some(src),
-                    dst,
-                    name,
-                } => {
+                Item { action: Action::Descend, src: Some(src), dst, name } => {
                     let rel = node.rel.join(OsStr::from_bytes(name.to_bytes()));
-                    let open = Opening::Child {
-                        src_parent: src_fd.clone(),
-                    };
+                    let open = Opening::Child { src_parent: src_fd.clone() };
                     node.pending.fetch_add(1, Ordering::AcqRel);
                     list.push(Work::Dir(DirJob {
                         rel,
@@ -849,11 +790,7 @@ impl Engine {
         }
         if !batch.is_empty() {
             node.pending.fetch_add(1, Ordering::AcqRel);
-            list.push(Work::Items(Batch {
-                node: node.clone(),
-                src_fd,
-                items: batch,
-            }));
+            list.push(Work::Items(Batch { node: node.clone(), src_fd, items: batch }));
         }
         Ok(())
     }
@@ -872,19 +809,8 @@ impl Engine {
         if self.excludes_any() && self.is_excluded(&rel(), src.as_ref(), dst.as_ref()) {
             return None;
         }
-        let action = self.decide_at(
-            src_fd,
-            node.dst_fd.as_ref(),
-            name,
-            src.as_ref(),
-            dst.as_ref(),
-        );
-        (action != Action::Nothing).then(|| Item {
-            name: name.to_owned(),
-            src,
-            dst,
-            action,
-        })
+        let action = self.decide_at(src_fd, node.dst_fd.as_ref(), name, src.as_ref(), dst.as_ref());
+        (action != Action::Nothing).then(|| Item { name: name.to_owned(), src, dst, action })
     }
 
     fn run_items(&self, batch: Batch, counters: &Counters) {
@@ -892,13 +818,7 @@ impl Engine {
             if self.cancel.is_cancelled() {
                 break;
             }
-            self.apply(
-                &batch.src_fd,
-                batch.node.dst_fd.as_ref(),
-                &batch.node.rel,
-                item,
-                counters,
-            );
+            self.apply(&batch.src_fd, batch.node.dst_fd.as_ref(), &batch.node.rel, item, counters);
         }
         complete(Some(batch.node), self, counters);
     }
@@ -924,11 +844,7 @@ impl Engine {
         };
         let result = Entry::stat_fd(dst_fd).and_then(|now| {
             let diff = node.src.attr_diff(&now, self.rules.owners);
-            if diff.is_empty() {
-                Ok(())
-            } else {
-                ops::set_attrs_fd(dst_fd, &node.src, diff)
-            }
+            if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_fd, &node.src, diff) }
         });
         if let Err(e) = result {
             self.record(counters, EntryError::io(Op::SetAttrs, &node.rel, e));
@@ -1201,11 +1117,7 @@ impl Engine {
                 }
                 Err(EntryErrorKind::ChangedDuringCopy) => {
                     counters.transient.store(true, Ordering::Relaxed);
-                    return Err(EntryError::new(
-                        Op::Copy,
-                        rel,
-                        EntryErrorKind::ChangedDuringCopy,
-                    ));
+                    return Err(EntryError::new(Op::Copy, rel, EntryErrorKind::ChangedDuringCopy));
                 }
                 Err(kind) => {
                     let op = if matches!(kind, EntryErrorKind::VerifyMismatch { .. }) {
@@ -1372,10 +1284,7 @@ struct WorkList {
 
 impl WorkList {
     fn new(initial: Vec<Work>) -> WorkList {
-        WorkList {
-            state: Mutex::new((initial, 0)),
-            wake: Condvar::new(),
-        }
+        WorkList { state: Mutex::new((initial, 0)), wake: Condvar::new() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Work>, usize)> {
