@@ -1029,16 +1029,15 @@ pub fn action_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-/// True if a text log line carries `action=<action>` and `path=<path>` as whole fields.
+/// True if a text log line carries `action=<action>` and `path=<path>` as whole fields
+/// (either value may be quoted).
 pub fn has_action(log: &str, action: &str, path: &str) -> bool {
-    let a = format!("action={action}");
-    let p = format!("path={path}");
+    let field = |k: &str, v: &str| [format!("{k}={v}"), format!("{k}=\"{v}\"")];
+    let (a, p) = (field("action", action), field("path", path));
     log.lines().any(|l| {
         let fields: Vec<&str> = l.split_whitespace().collect();
-        fields.contains(&a.as_str())
-            && fields
-                .iter()
-                .any(|f| *f == p || f.trim_matches('"') == p || *f == format!("path=\"{path}\""))
+        let has = |alts: &[String; 2]| alts.iter().any(|x| fields.contains(&x.as_str()));
+        has(&a) && has(&p)
     })
 }
 
