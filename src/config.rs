@@ -1,1 +1,292 @@
-//! config (stub)
+//! `Config`: the validated configuration, built once from `cli::Args`. Canonical roots,
+//! the safety checks of SPEC §2 (missing, not a directory, same directory, nesting — by
+//! device and inode so symlinks and bind mounts cannot fool them), and compiled excludes.
+//! Nothing past this module sees `Args`. Knows nothing of tokio.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+use crate::cli::{Args, LogFormat};
+use crate::error::Fatal;
+use crate::relpath::RelPath;
+
+/// Everything replicad needs to run, checked.
+#[derive(Debug)]
+pub struct Config {
+    /// SOURCE, canonical (a symlinked root is resolved once, here).
+    pub source: PathBuf,
+    /// REPLICA, canonical (may not exist yet in `--dry-run`).
+    pub replica: PathBuf,
+    /// Time between full passes.
+    pub interval: Duration,
+    /// Quiet time before events are acted on.
+    pub debounce: Duration,
+    /// One pass, then exit.
+    pub once: bool,
+    /// Log actions, apply none.
+    pub dry_run: bool,
+    /// React to filesystem events.
+    pub watch: bool,
+    /// Compare MD5 when size and mtime agree.
+    pub checksum: bool,
+    /// Check each copy's MD5 against the source's.
+    pub verify: bool,
+    /// fdatasync each file before rename.
+    pub fsync: bool,
+    /// An empty SOURCE may empty REPLICA.
+    pub allow_empty_source: bool,
+    /// Parallel filesystem operations.
+    pub jobs: usize,
+    /// Where the log also goes.
+    pub log_file: Option<PathBuf>,
+    /// Text or JSON lines.
+    pub log_format: LogFormat,
+    /// -v minus -q.
+    pub verbosity: i8,
+    /// Compiled `--exclude` patterns.
+    pub excludes: Excludes,
+    /// Whether owners are mirrored (root or CAP_CHOWN).
+    pub chown: bool,
+}
+
+impl Config {
+    /// Validates `args`. Creates REPLICA (with parents) only after every check passed, and
+    /// never in `--dry-run`.
+    pub fn from_args(args: Args) -> Result<Config, Fatal> {
+        let source = check_source(&args.source)?;
+        let replica = check_replica(&args.replica, &source, &args.source)?;
+        let excludes = Excludes::new(&source, &args.exclude)?;
+        if !args.dry_run && !replica.exists() {
+            fs::create_dir_all(&replica).map_err(|e| Fatal::Replica {
+                path: args.replica.clone(),
+                reason: format!("cannot create it: {e}"),
+            })?;
+        }
+        let jobs = match args.jobs {
+            Some(n) => usize::from(n),
+            None => std::thread::available_parallelism().map_or(2, usize::from),
+        };
+        Ok(Config {
+            source,
+            replica,
+            interval: args.interval,
+            debounce: args.debounce,
+            once: args.once || args.dry_run,
+            dry_run: args.dry_run,
+            watch: !args.no_watch,
+            checksum: args.checksum,
+            verify: args.verify,
+            fsync: args.fsync,
+            allow_empty_source: args.allow_empty_source,
+            jobs,
+            log_file: args.log_file,
+            log_format: args.log_format,
+            verbosity: clamp_verbosity(args.verbose, args.quiet),
+            excludes,
+            chown: may_chown(),
+        })
+    }
+}
+
+fn clamp_verbosity(verbose: u8, quiet: u8) -> i8 {
+    let v = i16::from(verbose) - i16::from(quiet);
+    v.clamp(-3, 3) as i8
+}
+
+fn check_source(given: &Path) -> Result<PathBuf, Fatal> {
+    let fail = |reason: String| Fatal::Source {
+        path: given.to_path_buf(),
+        reason,
+    };
+    let meta = fs::metadata(given).map_err(|e| fail(describe(&e)))?;
+    if !meta.is_dir() {
+        return Err(fail("not a directory".into()));
+    }
+    // Listing proves readability now, rather than as a confusing error in the first pass.
+    let mut listing = fs::read_dir(given).map_err(|e| fail(format!("cannot be read: {e}")))?;
+    if let Some(Err(e)) = listing.next() {
+        return Err(fail(format!("cannot be read: {e}")));
+    }
+    fs::canonicalize(given).map_err(|e| fail(describe(&e)))
+}
+
+fn check_replica(given: &Path, source: &Path, source_given: &Path) -> Result<PathBuf, Fatal> {
+    let fail = |reason: String| Fatal::Replica {
+        path: given.to_path_buf(),
+        reason,
+    };
+    let replica = match fs::symlink_metadata(given) {
+        Ok(_) => {
+            let meta = fs::metadata(given).map_err(|e| fail(describe(&e)))?;
+            if !meta.is_dir() {
+                return Err(fail("exists and is not a directory".into()));
+            }
+            fs::canonicalize(given).map_err(|e| fail(describe(&e)))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            canonical_to_be(given).map_err(|e| fail(format!("cannot resolve its parent: {e}")))?
+        }
+        Err(e) => return Err(fail(describe(&e))),
+    };
+    let overlap = |reason| Fatal::Overlap {
+        source_path: source_given.to_path_buf(),
+        replica_path: given.to_path_buf(),
+        reason,
+    };
+    let source_id = file_id(source).map_err(|e| fail(describe(&e)))?;
+    let replica_chain = existing_ancestor_ids(&replica);
+    if replica_chain.first() == Some(&source_id) && replica.exists() {
+        return Err(overlap("are the same directory"));
+    }
+    if replica_chain.contains(&source_id) {
+        return Err(overlap("the replica lies inside the source"));
+    }
+    if replica.exists() {
+        let replica_id = file_id(&replica).map_err(|e| fail(describe(&e)))?;
+        if existing_ancestor_ids(source).contains(&replica_id) {
+            return Err(overlap("the source lies inside the replica"));
+        }
+    } else if source.starts_with(&replica) {
+        return Err(overlap("the source lies inside the replica"));
+    }
+    Ok(replica)
+}
+
+/// The canonical form a not-yet-existing path will have: its nearest existing ancestor
+/// canonicalised, plus the missing components.
+fn canonical_to_be(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    while !existing.exists() {
+        missing.push(existing.file_name().unwrap_or_default().to_owned());
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let mut out = fs::canonicalize(existing)?;
+    out.extend(missing.iter().rev());
+    Ok(out)
+}
+
+/// (device, inode) of `path` and each existing ancestor, innermost first.
+fn existing_ancestor_ids(path: &Path) -> Vec<(u64, u64)> {
+    path.ancestors().filter_map(|p| file_id(p).ok()).collect()
+}
+
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    let meta = fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+fn describe(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "does not exist".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Owners are mirrored only when the process may chown: effective root, or CAP_CHOWN.
+fn may_chown() -> bool {
+    rustix::process::geteuid().is_root() || has_capability(0)
+}
+
+fn has_capability(bit: u32) -> bool {
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << bit) != 0)
+}
+
+/// The compiled `--exclude` patterns (gitignore syntax, relative to SOURCE).
+#[derive(Clone, Debug)]
+pub struct Excludes(Option<Gitignore>);
+
+impl Excludes {
+    /// Compiles the patterns; an invalid one is fatal.
+    pub fn new(source: &Path, patterns: &[String]) -> Result<Excludes, Fatal> {
+        if patterns.is_empty() {
+            return Ok(Excludes(None));
+        }
+        let mut builder = GitignoreBuilder::new(source);
+        for pattern in patterns {
+            builder
+                .add_line(None, pattern)
+                .map_err(|e| Fatal::Exclude {
+                    pattern: pattern.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let set = builder.build().map_err(|e| Fatal::Exclude {
+            pattern: patterns.join(" "),
+            reason: e.to_string(),
+        })?;
+        Ok(Excludes(Some(set)))
+    }
+
+    /// No patterns at all.
+    pub fn none() -> Excludes {
+        Excludes(None)
+    }
+
+    /// True when there are no patterns (walks then skip building paths to match).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Whether `path` itself matches (for walks, which never descend into an excluded
+    /// directory, so parents need no check).
+    pub fn matches(&self, path: &RelPath, is_dir: bool) -> bool {
+        match &self.0 {
+            Some(set) if !path.is_root() => set.matched(path.as_path(), is_dir).is_ignore(),
+            _ => false,
+        }
+    }
+
+    /// Whether `path` or any of its parents matches (for single paths from events).
+    pub fn matches_path_or_parent(&self, path: &RelPath, is_dir: bool) -> bool {
+        match &self.0 {
+            Some(set) if !path.is_root() => set
+                .matched_path_or_any_parents(path.as_path(), is_dir)
+                .is_ignore(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(Path::new(s)).unwrap_or_default()
+    }
+
+    #[test]
+    fn excludes_follow_gitignore_rules() -> Result<(), Fatal> {
+        let ex = Excludes::new(Path::new("/src"), &["build/".into(), "*.o".into()])?;
+        assert!(ex.matches(&rel("build"), true));
+        assert!(
+            !ex.matches(&rel("build"), false),
+            "build/ only matches directories"
+        );
+        assert!(ex.matches(&rel("a/x.o"), false));
+        assert!(!ex.matches(&rel("build/x.c"), false));
+        assert!(ex.matches_path_or_parent(&rel("build/x.c"), false));
+        assert!(!ex.matches(&RelPath::root(), true));
+        Ok(())
+    }
+
+    #[test]
+    fn verbosity_is_clamped() {
+        assert_eq!(clamp_verbosity(0, 0), 0);
+        assert_eq!(clamp_verbosity(9, 0), 3);
+        assert_eq!(clamp_verbosity(0, 2), -2);
+    }
+}

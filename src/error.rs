@@ -1,6 +1,6 @@
 //! The two kinds of error, split by consequence: `Fatal` (configuration, roots, runtime
 //! start → exit 1) and `EntryError` (one entry could not be mirrored: logged, counted, the
-//! pass goes on → exit 23 in `--once`). Uses only `relpath` and std.
+//! pass goes on → exit 23 in `--once`). Uses only `relpath`, std, and rustix's errno type.
 
 use std::fmt;
 use std::io;
@@ -78,6 +78,12 @@ pub enum EntryErrorKind {
     Cancelled,
 }
 
+impl From<rustix::io::Errno> for EntryErrorKind {
+    fn from(e: rustix::io::Errno) -> Self {
+        EntryErrorKind::Io(e.into())
+    }
+}
+
 /// One entry could not be mirrored. Logged with its path, counted, and the pass goes on.
 #[derive(Debug, thiserror::Error)]
 #[error("{op} {path}: {kind}")]
@@ -94,12 +100,20 @@ pub struct EntryError {
 impl EntryError {
     /// An entry error from an OS error.
     pub fn io(op: Op, path: &RelPath, err: impl Into<io::Error>) -> Self {
-        EntryError { op, path: path.clone(), kind: EntryErrorKind::Io(err.into()) }
+        EntryError {
+            op,
+            path: path.clone(),
+            kind: EntryErrorKind::Io(err.into()),
+        }
     }
 
     /// An entry error of another kind.
     pub fn new(op: Op, path: &RelPath, kind: EntryErrorKind) -> Self {
-        EntryError { op, path: path.clone(), kind }
+        EntryError {
+            op,
+            path: path.clone(),
+            kind,
+        }
     }
 
     /// The raw OS error number, if this came from the OS.

@@ -1,2 +1,35 @@
-//! The `replicad` binary: parse arguments, start logging, run, map the outcome to an exit status.
-fn main() {}
+//! The `replicad` binary: parse arguments, build the validated configuration, start
+//! logging, run one pass or the service, and map the outcome to an exit status
+//! (0 ok, 1 fatal, 2 usage — clap's own, 23 partial).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use replicad::cli::Args;
+use replicad::config::Config;
+use replicad::{logging, service};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Refusals are printed before logging starts: one clear line, nothing touched.
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("replicad: {:#}", anyhow::Error::from(e));
+            return ExitCode::from(1);
+        }
+    };
+    let _log_guard = match logging::init(
+        config.log_format,
+        config.verbosity,
+        config.log_file.as_deref(),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("replicad: {:#}", anyhow::Error::from(e));
+            return ExitCode::from(1);
+        }
+    };
+    // The guard is dropped after `run` returns, so the last log lines reach the file.
+    ExitCode::from(service::run_main(config))
+}

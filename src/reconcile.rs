@@ -1,1 +1,1509 @@
-//! reconcile (stub)
+//! The engine. `decide(source, replica)` is pure: it says what one entry needs. The rest
+//! applies decisions through `ops`: `full_pass` reconciles the whole tree; `reconcile_path`
+//! and `follow_rename` reconcile what an event pointed at. All three share one idempotent
+//! per-entry path, run over an explicit work list (no call-stack recursion) by up to
+//! `jobs` threads. Blocking code; knows nothing of events or timers.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::checksum::Md5Cache;
+use crate::config::{Config, Excludes};
+use crate::entry::{AttrDiff, Entry, Kind};
+use crate::error::{EntryError, EntryErrorKind, Fatal, GuardTrip, Op};
+use crate::ops::{self, CopyCaps, CopyOptions, TempNames};
+use crate::relpath::RelPath;
+
+// =======================================================================================
+// Deciding (pure)
+// =======================================================================================
+
+/// What one entry of REPLICA needs to match SOURCE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Already identical.
+    Nothing,
+    /// Present in REPLICA only: remove it (recursively for a directory).
+    Remove,
+    /// Missing in REPLICA: create it (copy a file).
+    Create,
+    /// Different type, symlink target or device number: replace it.
+    Replace,
+    /// A file whose size or mtime differ: copy the content again.
+    Update,
+    /// `--checksum`: size and mtime agree, the content must be compared by MD5.
+    CompareContent,
+    /// Only metadata differ.
+    Attrs(AttrDiff),
+    /// SOURCE has a directory: make sure REPLICA has one, then reconcile its children.
+    Descend,
+    /// A type that is not mirrored (sockets).
+    Skip,
+}
+
+/// Rules that shape a decision.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rules {
+    /// Owners are compared (root / CAP_CHOWN).
+    pub owners: bool,
+    /// Equal size and mtime must be confirmed by MD5.
+    pub checksum: bool,
+}
+
+/// Decides what the replica entry needs. `same_link_target` is asked only when both sides
+/// are symlinks (reading a link costs a syscall per side).
+pub fn decide(
+    src: Option<&Entry>,
+    dst: Option<&Entry>,
+    rules: Rules,
+    same_link_target: impl FnOnce() -> bool,
+) -> Action {
+    let (src, dst) = match (src, dst) {
+        (None, None) => return Action::Nothing,
+        (None, Some(_)) => return Action::Remove,
+        (Some(s), _) if s.kind == Kind::Dir => return Action::Descend,
+        (Some(s), _) if s.kind == Kind::Socket => return Action::Skip,
+        (Some(_), None) => return Action::Create,
+        (Some(s), Some(d)) => (s, d),
+    };
+    if src.kind != dst.kind {
+        return Action::Replace;
+    }
+    match src.kind {
+        Kind::File if !src.same_size_and_mtime(dst) => Action::Update,
+        Kind::File if rules.checksum => Action::CompareContent,
+        Kind::Symlink if !same_link_target() => Action::Replace,
+        Kind::CharDevice | Kind::BlockDevice if src.rdev != dst.rdev => Action::Replace,
+        _ => attrs_action(src.attr_diff(dst, rules.owners)),
+    }
+}
+
+fn attrs_action(diff: AttrDiff) -> Action {
+    if diff.is_empty() {
+        Action::Nothing
+    } else {
+        Action::Attrs(diff)
+    }
+}
+
+// =======================================================================================
+// Reports
+// =======================================================================================
+
+/// Counts of one pass (or one event's work).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Source entries looked at.
+    pub scanned: u64,
+    /// Directories, symlinks, FIFOs and devices created.
+    pub create: u64,
+    /// Files copied that were missing.
+    pub copy: u64,
+    /// Files whose content was replaced.
+    pub update: u64,
+    /// Entries whose metadata only were corrected.
+    pub attrs: u64,
+    /// Renames that followed a rename in SOURCE.
+    pub rename: u64,
+    /// Entries removed (a directory counts once).
+    pub remove: u64,
+    /// Entries that could not be mirrored.
+    pub errors: u64,
+    /// Entries skipped with a warning (sockets, devices without CAP_MKNOD).
+    pub skipped: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
+impl Counts {
+    /// Number of changes made (or, in a dry run, that would be made).
+    pub fn changes(&self) -> u64 {
+        self.create + self.copy + self.update + self.attrs + self.rename + self.remove
+    }
+
+    fn add(&mut self, o: &Counts) {
+        self.scanned += o.scanned;
+        self.create += o.create;
+        self.copy += o.copy;
+        self.update += o.update;
+        self.attrs += o.attrs;
+        self.rename += o.rename;
+        self.remove += o.remove;
+        self.errors += o.errors;
+        self.skipped += o.skipped;
+        self.bytes += o.bytes;
+    }
+}
+
+/// The outcome of a full pass or of one piece of event work.
+#[derive(Clone, Debug, Default)]
+pub struct PassReport {
+    /// What was done.
+    pub counts: Counts,
+    /// How long it took.
+    pub duration: Duration,
+    /// Set when the deletion guard stopped the work (nothing was changed).
+    pub guard: Option<GuardTrip>,
+    /// Some file changed while being copied: worth retrying soon.
+    pub transient: bool,
+    /// Shutdown interrupted the work.
+    pub cancelled: bool,
+}
+
+impl PassReport {
+    /// The `--once` exit status: 0 in sync, 23 when some entries failed, 1 when the
+    /// deletion guard refused the pass.
+    pub fn exit_status(&self) -> u8 {
+        if self.guard.is_some() || self.cancelled {
+            1
+        } else if self.counts.errors > 0 {
+            23
+        } else {
+            0
+        }
+    }
+
+    /// Folds another report into this one (event work that reconciled several paths).
+    pub fn merge(&mut self, other: PassReport) {
+        self.counts.add(&other.counts);
+        self.duration += other.duration;
+        self.guard = self.guard.take().or(other.guard);
+        self.transient |= other.transient;
+        self.cancelled |= other.cancelled;
+    }
+
+    /// The pass summary line (SPEC §3).
+    pub fn log_summary(&self, dry_run: bool) {
+        let c = &self.counts;
+        info!(
+            duration = ?self.duration,
+            scanned = c.scanned,
+            create = c.create,
+            copy = c.copy,
+            update = c.update,
+            attrs = c.attrs,
+            rename = c.rename,
+            remove = c.remove,
+            errors = c.errors,
+            skipped = c.skipped,
+            bytes = c.bytes,
+            dry_run,
+            "pass complete"
+        );
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    scanned: AtomicU64,
+    create: AtomicU64,
+    copy: AtomicU64,
+    update: AtomicU64,
+    attrs: AtomicU64,
+    rename: AtomicU64,
+    remove: AtomicU64,
+    errors: AtomicU64,
+    skipped: AtomicU64,
+    bytes: AtomicU64,
+    transient: AtomicBool,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Counts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            scanned: get(&self.scanned),
+            create: get(&self.create),
+            copy: get(&self.copy),
+            update: get(&self.update),
+            attrs: get(&self.attrs),
+            rename: get(&self.rename),
+            remove: get(&self.remove),
+            errors: get(&self.errors),
+            skipped: get(&self.skipped),
+            bytes: get(&self.bytes),
+        }
+    }
+}
+
+// =======================================================================================
+// The engine
+// =======================================================================================
+
+/// Options of the engine, taken from `Config`.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    /// Log actions, apply none.
+    pub dry_run: bool,
+    /// Compare MD5 when size and mtime agree.
+    pub checksum: bool,
+    /// Copy options (chown, fsync, verify).
+    pub copy: CopyOptions,
+    /// An empty SOURCE may empty REPLICA.
+    pub allow_empty_source: bool,
+    /// Threads for one pass.
+    pub jobs: usize,
+}
+
+/// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
+/// event queue; holds no per-file state (the optional MD5 cache is bounded).
+pub struct Engine {
+    source: PathBuf,
+    replica: PathBuf,
+    source_dev: u64,
+    opts: EngineOptions,
+    rules: Rules,
+    excludes: Excludes,
+    temp_names: TempNames,
+    caps: CopyCaps,
+    md5: Option<Md5Cache>,
+    cancel: CancellationToken,
+}
+
+/// The two roots, opened fresh for one piece of work after the deletion guard passed.
+struct Roots {
+    src: OwnedFd,
+    dst: Option<OwnedFd>,
+}
+
+impl Engine {
+    /// Builds the engine for `config`; remembers SOURCE's device for the deletion guard.
+    pub fn new(
+        config: &Config,
+        excludes: Excludes,
+        cancel: CancellationToken,
+    ) -> Result<Engine, Fatal> {
+        let source_dev = open_dir_path(&config.source)
+            .and_then(|fd| Entry::stat_fd(&fd))
+            .map_err(|e| Fatal::Source {
+                path: config.source.clone(),
+                reason: e.to_string(),
+            })?
+            .dev;
+        let opts = EngineOptions {
+            dry_run: config.dry_run,
+            checksum: config.checksum,
+            copy: CopyOptions {
+                chown: config.chown,
+                fsync: config.fsync,
+                verify: config.verify,
+            },
+            allow_empty_source: config.allow_empty_source,
+            jobs: config.jobs.max(1),
+        };
+        Ok(Engine {
+            source: config.source.clone(),
+            replica: config.replica.clone(),
+            source_dev,
+            rules: Rules {
+                owners: config.chown,
+                checksum: config.checksum,
+            },
+            opts,
+            excludes,
+            temp_names: TempNames::default(),
+            caps: CopyCaps::default(),
+            md5: (config.checksum || config.verify).then(Md5Cache::default),
+            cancel,
+        })
+    }
+
+    /// The excludes this engine honours (the watcher drops the same paths).
+    pub fn excludes(&self) -> &Excludes {
+        &self.excludes
+    }
+
+    /// Reconciles the whole tree.
+    pub fn full_pass(&self) -> PassReport {
+        let started = Instant::now();
+        let counters = Counters::default();
+        let mut report = PassReport::default();
+        match self.open_roots() {
+            Err(trip) => report.guard = Some(trip),
+            Ok(roots) => self.reconcile_root(roots, &counters),
+        }
+        self.finish(report, &counters, started)
+    }
+
+    /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
+    /// `recursive` (or when the replica lacks the directory), and its parent's attributes.
+    pub fn reconcile_path(&self, rel: &RelPath, recursive: bool) -> PassReport {
+        if rel.is_root() {
+            return self.full_pass();
+        }
+        let started = Instant::now();
+        let counters = Counters::default();
+        let mut report = PassReport::default();
+        match self.open_roots() {
+            Err(trip) => report.guard = Some(trip),
+            Ok(roots) => self.reconcile_below_root(&roots, rel, recursive, &counters),
+        }
+        self.finish(report, &counters, started)
+    }
+
+    /// Follows a rename SOURCE `from` → `to` with a rename in REPLICA when REPLICA still has
+    /// what `from` was and nothing at `to`; then reconciles `to` (recursively) and `from`'s
+    /// parent as usual, so the result is right whatever the rename did.
+    pub fn follow_rename(&self, from: &RelPath, to: &RelPath) -> PassReport {
+        let started = Instant::now();
+        let counters = Counters::default();
+        let mut report = PassReport::default();
+        match self.open_roots() {
+            Err(trip) => report.guard = Some(trip),
+            Ok(roots) => {
+                if !self.excludes.matches_path_or_parent(from, false)
+                    && !self.excludes.matches_path_or_parent(to, false)
+                {
+                    self.try_rename(&roots, from, to, &counters);
+                }
+                self.reconcile_below_root(&roots, to, true, &counters);
+                if let Some(parent) = from.parent() {
+                    self.reconcile_below_root(&roots, &parent, false, &counters);
+                }
+            }
+        }
+        self.finish(report, &counters, started)
+    }
+
+    fn finish(&self, mut report: PassReport, counters: &Counters, started: Instant) -> PassReport {
+        report.counts = counters.snapshot();
+        report.transient = counters.transient.load(Ordering::Relaxed);
+        report.cancelled = self.cancel.is_cancelled();
+        report.duration = started.elapsed();
+        report
+    }
+
+    // ---------------------------------------------------------------------------------
+    // The deletion guard
+    // ---------------------------------------------------------------------------------
+
+    /// Opens both roots anew and applies the deletion guard: SOURCE must still exist, be on
+    /// the device it was on at start, and (unless allowed) not be empty while REPLICA is not.
+    fn open_roots(&self) -> Result<Roots, GuardTrip> {
+        let src = open_dir_path(&self.source).map_err(|e| GuardTrip::SourceGone(e.to_string()))?;
+        let now = Entry::stat_fd(&src)
+            .map_err(|e| GuardTrip::SourceGone(e.to_string()))?
+            .dev;
+        if now != self.source_dev {
+            return Err(GuardTrip::DeviceChanged {
+                was: self.source_dev,
+                now,
+            });
+        }
+        let dst = match open_dir_path(&self.replica) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.opts.dry_run => {
+                // REPLICA was removed while we run: make it again.
+                std::fs::create_dir_all(&self.replica)
+                    .and_then(|()| open_dir_path(&self.replica))
+                    .map(Some)
+                    .map_err(|e| {
+                        GuardTrip::SourceGone(format!("replica cannot be re-created: {e}"))
+                    })?
+            }
+            Err(_) => None,
+        };
+        if !self.opts.allow_empty_source
+            && has_no_entries(&src, |_| false).unwrap_or(false)
+            && let Some(dst) = &dst
+            && !has_no_entries(dst, |name| self.temp_names.is_ours(name)).unwrap_or(true)
+        {
+            return Err(GuardTrip::SourceEmpty);
+        }
+        Ok(Roots { src, dst })
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Walking
+    // ---------------------------------------------------------------------------------
+
+    fn reconcile_root(&self, roots: Roots, counters: &Counters) {
+        let root = RelPath::root();
+        let (src, dst) = match (
+            Entry::stat_fd(&roots.src),
+            roots.dst.as_ref().map(Entry::stat_fd),
+        ) {
+            (Ok(s), None) => (s, None),
+            (Ok(s), Some(Ok(d))) => (s, Some(d)),
+            (Err(e), _) | (_, Some(Err(e))) => {
+                return self.record(counters, EntryError::io(Op::Stat, &root, e));
+            }
+        };
+        let job = DirJob {
+            rel: root,
+            src,
+            dst,
+            open: Opening::Root(roots.src, roots.dst),
+            parent: None,
+        };
+        self.run_work(vec![Work::Dir(job)], counters);
+        if !self.opts.dry_run && !self.opts.copy.fsync {
+            let synced = open_dir_path(&self.replica).and_then(|fd| ops::sync_filesystem(&fd));
+            if let Err(e) = synced {
+                warn!(error = %e, "syncfs of the replica failed");
+            }
+        }
+    }
+
+    /// Opens the directories down to `rel`'s parent on both sides, then reconciles `rel`.
+    /// Where a side lacks a directory on the way, the first missing component is
+    /// reconciled (recursively) instead: that creates or removes what the event implied.
+    fn reconcile_below_root(
+        &self,
+        roots: &Roots,
+        rel: &RelPath,
+        recursive: bool,
+        counters: &Counters,
+    ) {
+        if self.excludes.matches_path_or_parent(rel, true)
+            && self.excludes.matches_path_or_parent(rel, false)
+        {
+            return;
+        }
+        if rel.names().any(|n| ops::is_temp_name(n.as_bytes())) {
+            return;
+        }
+        let Some(dst_root) = &roots.dst else {
+            // Dry run with no replica yet: everything would be created; a pass shows it.
+            return self.reconcile_root_again(counters);
+        };
+        let (mut src_fd, mut dst_fd) = match (dup(&roots.src), dup(dst_root)) {
+            (Ok(s), Ok(d)) => (s, d),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.record(counters, EntryError::io(Op::OpenDir, &RelPath::root(), e));
+            }
+        };
+        let mut here = RelPath::root();
+        let names: Vec<&OsStr> = rel.names().collect();
+        for (i, name) in names.iter().enumerate() {
+            let child = here.join(name);
+            let last = i + 1 == names.len();
+            if last {
+                return self.reconcile_one(&src_fd, &dst_fd, &here, &child, recursive, counters);
+            }
+            let cname = c_name(name);
+            match (
+                ops::open_dir_at(&src_fd, &cname),
+                ops::open_dir_at(&dst_fd, &cname),
+            ) {
+                (Ok(s), Ok(d)) => {
+                    src_fd = s;
+                    dst_fd = d;
+                    here = child;
+                }
+                _ => return self.reconcile_one(&src_fd, &dst_fd, &here, &child, true, counters),
+            }
+        }
+    }
+
+    fn reconcile_root_again(&self, counters: &Counters) {
+        if let Ok(roots) = self.open_roots() {
+            self.reconcile_root(roots, counters);
+        }
+    }
+
+    /// Reconciles the single entry `rel` inside the open directories `src_dir`/`dst_dir`
+    /// (which are `dir_rel`), then the directory's own attributes.
+    fn reconcile_one(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: &OwnedFd,
+        dir_rel: &RelPath,
+        rel: &RelPath,
+        recursive: bool,
+        counters: &Counters,
+    ) {
+        let Some(name) = rel.file_name().map(c_name) else {
+            return;
+        };
+        let Some((src, dst)) = self.stat_pair(src_dir, Some(dst_dir), &name, rel, counters) else {
+            return;
+        };
+        if self.is_excluded(rel, src.as_ref(), dst.as_ref()) {
+            return;
+        }
+        if src.is_some() {
+            Counters::bump(&counters.scanned, 1);
+        }
+        let action = self.decide_at(src_dir, Some(dst_dir), &name, src.as_ref(), dst.as_ref());
+        let fresh_dir = !matches!(&dst, Some(d) if d.kind == Kind::Dir);
+        match (action, src) {
+            (Action::Descend, Some(src)) if recursive || fresh_dir => {
+                let (src_parent, dst_parent) = match (dup(src_dir), dup(dst_dir)) {
+                    (Ok(s), Ok(d)) => (s, d),
+                    (Err(e), _) | (_, Err(e)) => {
+                        return self.record(counters, EntryError::io(Op::OpenDir, dir_rel, e));
+                    }
+                };
+                let parent = DirNode::detached(dir_rel.clone(), Some(dst_parent));
+                let open = Opening::Child {
+                    src_parent: Arc::new(src_parent),
+                };
+                let job = DirJob {
+                    rel: rel.clone(),
+                    src,
+                    dst,
+                    open,
+                    parent: Some(parent),
+                };
+                self.run_work(vec![Work::Dir(job)], counters);
+            }
+            (Action::Descend, Some(src)) => {
+                if let Some(dst) = &dst {
+                    self.sync_dir_attrs_at(dst_dir, &name, rel, &src, dst, counters);
+                }
+            }
+            (action, src) => {
+                let item = Item {
+                    name,
+                    src,
+                    dst,
+                    action,
+                };
+                self.apply(src_dir, Some(dst_dir), dir_rel, item, counters);
+            }
+        }
+        self.fix_dir_attrs(src_dir, dst_dir, dir_rel, counters);
+    }
+
+    /// After changing something inside a directory, its replica mtime moved: put the
+    /// source's attributes back (silently: the change itself was logged).
+    fn fix_dir_attrs(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: &OwnedFd,
+        rel: &RelPath,
+        counters: &Counters,
+    ) {
+        if self.opts.dry_run {
+            return;
+        }
+        let result = Entry::stat_fd(src_dir).and_then(|src| {
+            let dst = Entry::stat_fd(dst_dir)?;
+            let diff = src.attr_diff(&dst, self.rules.owners);
+            if diff.is_empty() {
+                Ok(())
+            } else {
+                ops::set_attrs_fd(dst_dir, &src, diff)
+            }
+        });
+        if let Err(e) = result {
+            self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
+        }
+    }
+
+    fn sync_dir_attrs_at(
+        &self,
+        dst_dir: &OwnedFd,
+        name: &CStr,
+        rel: &RelPath,
+        src: &Entry,
+        dst: &Entry,
+        counters: &Counters,
+    ) {
+        let diff = src.attr_diff(dst, self.rules.owners);
+        if diff.is_empty() {
+            return;
+        }
+        self.log_attrs(rel, diff);
+        Counters::bump(&counters.attrs, 1);
+        if !self.opts.dry_run
+            && let Err(e) = ops::set_attrs_at(dst_dir.as_fd(), name, Kind::Dir, src, diff)
+        {
+            self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
+        }
+    }
+
+    fn try_rename(&self, roots: &Roots, from: &RelPath, to: &RelPath, counters: &Counters) {
+        let Some(dst_root) = &roots.dst else { return };
+        let (Some(from_parent), Some(to_parent)) = (from.parent(), to.parent()) else {
+            return;
+        };
+        let (Some(from_name), Some(to_name)) =
+            (from.file_name().map(c_name), to.file_name().map(c_name))
+        else {
+            return;
+        };
+        let opened = (
+            open_path_at(&roots.src, &from_parent),
+            open_path_at(&roots.src, &to_parent),
+            open_path_at(dst_root, &from_parent),
+            open_path_at(dst_root, &to_parent),
+        );
+        let (Ok(src_from_dir), Ok(src_to_dir), Ok(dst_from_dir), Ok(dst_to_dir)) = opened else {
+            return;
+        };
+        let stats = (
+            Entry::stat_at(&src_from_dir, &from_name),
+            Entry::stat_at(&src_to_dir, &to_name),
+            Entry::stat_at(&dst_from_dir, &from_name),
+            Entry::stat_at(&dst_to_dir, &to_name),
+        );
+        // Only a clean move: SOURCE has `to` and no `from`; REPLICA has `from`, of the
+        // same kind (and, for a file, the same content stamp), and nothing at `to`.
+        let (Ok(None), Ok(Some(src)), Ok(Some(dst)), Ok(None)) = stats else {
+            return;
+        };
+        let same = src.kind == dst.kind
+            && match src.kind {
+                Kind::File => src.same_size_and_mtime(&dst),
+                Kind::Symlink => read_link_pair(&src_to_dir, &to_name, &dst_from_dir, &from_name),
+                _ => true,
+            };
+        if !same {
+            return;
+        }
+        info!(action = %"rename", path = %to, from = %from);
+        Counters::bump(&counters.rename, 1);
+        if self.opts.dry_run {
+            return;
+        }
+        if let Err(e) = ops::rename_noreplace(&dst_from_dir, &from_name, &dst_to_dir, &to_name) {
+            // Not fatal: the reconcile that follows copies instead.
+            debug!(path = %to, error = %e, "rename in replica failed; reconciling instead");
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // The work list
+    // ---------------------------------------------------------------------------------
+
+    /// Runs `initial` and everything it spawns on up to `jobs` threads, depth first.
+    fn run_work(&self, initial: Vec<Work>, counters: &Counters) {
+        let list = WorkList::new(initial);
+        let threads = self.opts.jobs;
+        let span = tracing::Span::current();
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                let span = span.clone();
+                scope.spawn(|| {
+                    let _entered = span.entered();
+                    self.worker(&list, counters);
+                });
+            }
+            self.worker(&list, counters);
+        });
+    }
+
+    fn worker(&self, list: &WorkList, counters: &Counters) {
+        while let Some(work) = list.pop(&self.cancel) {
+            match work {
+                Work::Dir(job) => self.run_dir(job, list, counters),
+                Work::Items(batch) => self.run_items(batch, counters),
+            }
+            list.done();
+        }
+    }
+
+    /// Opens (creating if needed) one directory on both sides, lists both, decides every
+    /// child, and queues the work: subdirectories as their own jobs, the rest in batches.
+    fn run_dir(&self, job: DirJob, list: &WorkList, counters: &Counters) {
+        let DirJob {
+            rel,
+            src,
+            dst,
+            open,
+            parent,
+        } = job;
+        let opened = match open {
+            Opening::Root(src_fd, dst_fd) => Ok((src_fd, dst_fd, false)),
+            Opening::Child { src_parent } => {
+                self.open_child_dir(&src_parent, parent.as_deref(), &rel, dst.as_ref(), counters)
+            }
+        };
+        let (src_fd, dst_fd, created) = match opened {
+            Ok(fds) => fds,
+            Err(e) => {
+                self.record(counters, e);
+                return complete(parent, self, counters);
+            }
+        };
+        let node = Arc::new(DirNode {
+            rel,
+            src,
+            dst_before: dst,
+            dst_fd,
+            created,
+            finalize: true,
+            pending: AtomicUsize::new(1),
+            parent,
+        });
+        if let Err(e) = self.queue_children(&node, src_fd, list, counters) {
+            // A directory that cannot be listed is never "empty": nothing under it is
+            // touched, and its attributes are left for when it can be read.
+            self.record(counters, e);
+            return;
+        }
+        complete(Some(node), self, counters);
+    }
+
+    fn open_child_dir(
+        &self,
+        src_parent: &OwnedFd,
+        parent: Option<&DirNode>,
+        rel: &RelPath,
+        dst: Option<&Entry>,
+        counters: &Counters,
+    ) -> Result<(OwnedFd, Option<OwnedFd>, bool), EntryError> {
+        let name = rel.file_name().map(c_name).unwrap_or_default();
+        let src_fd =
+            ops::open_dir_at(src_parent, &name).map_err(|e| EntryError::io(Op::OpenDir, rel, e))?;
+        let dst_parent = parent.and_then(|p| p.dst_fd.as_ref());
+        if let Some(existing) = dst.filter(|d| d.kind != Kind::Dir) {
+            self.remove_entry(dst_parent, &name, rel, existing, counters)?;
+        }
+        let exists = dst.is_some_and(|d| d.kind == Kind::Dir);
+        if !exists {
+            info!(action = %"create", path = %rel, kind = %"dir");
+            Counters::bump(&counters.create, 1);
+        }
+        let Some(dst_parent) = dst_parent.filter(|_| !self.opts.dry_run) else {
+            // Dry run: show what is below as if the directory were there and empty.
+            let dst_fd = if exists {
+                dst_parent.and_then(|p| ops::open_dir_at(p, &name).ok())
+            } else {
+                None
+            };
+            return Ok((src_fd, dst_fd, !exists));
+        };
+        if !exists {
+            ops::make_dir(dst_parent, &name).map_err(|e| EntryError::io(Op::Create, rel, e))?;
+        }
+        let dst_fd =
+            ops::open_dir_at(dst_parent, &name).map_err(|e| EntryError::io(Op::OpenDir, rel, e))?;
+        Ok((src_fd, Some(dst_fd), !exists))
+    }
+
+    fn queue_children(
+        &self,
+        node: &Arc<DirNode>,
+        src_fd: OwnedFd,
+        list: &WorkList,
+        counters: &Counters,
+    ) -> Result<(), EntryError> {
+        let mut src_names =
+            ops::list_dir(&src_fd).map_err(|e| EntryError::io(Op::List, &node.rel, e))?;
+        let mut dst_names = match &node.dst_fd {
+            Some(fd) => ops::list_dir(fd).map_err(|e| EntryError::io(Op::List, &node.rel, e))?,
+            None => Vec::new(),
+        };
+        src_names.retain(|i| !ops::is_temp_name(i.name.to_bytes()));
+        dst_names.retain(|i| !self.temp_names.is_ours(i.name.to_bytes()));
+        src_names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        dst_names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Counters::bump(&counters.scanned, src_names.len() as u64);
+
+        let src_fd = Arc::new(src_fd);
+        let mut batch = Vec::new();
+        for name in merge_names(&src_names, &dst_names) {
+            let Some(item) = self.decide_child(node, &src_fd, name, counters) else {
+                continue;
+            };
+            match item {
+                Item {
+                    action: Action::Descend,
+                    src: Some(src),
+                    dst,
+                    name,
+                } => {
+                    let rel = node.rel.join(OsStr::from_bytes(name.to_bytes()));
+                    let open = Opening::Child {
+                        src_parent: src_fd.clone(),
+                    };
+                    node.pending.fetch_add(1, Ordering::AcqRel);
+                    list.push(Work::Dir(DirJob {
+                        rel,
+                        src,
+                        dst,
+                        open,
+                        parent: Some(node.clone()),
+                    }));
+                }
+                item => {
+                    batch.push(item);
+                    if batch.len() >= BATCH {
+                        node.pending.fetch_add(1, Ordering::AcqRel);
+                        let items = std::mem::take(&mut batch);
+                        list.push(Work::Items(Batch {
+                            node: node.clone(),
+                            src_fd: src_fd.clone(),
+                            items,
+                        }));
+                    }
+                }
+            }
+        }
+        if !batch.is_empty() {
+            node.pending.fetch_add(1, Ordering::AcqRel);
+            list.push(Work::Items(Batch {
+                node: node.clone(),
+                src_fd,
+                items: batch,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Stats one child on both sides and decides; `None` when there is nothing to do.
+    fn decide_child(
+        &self,
+        node: &DirNode,
+        src_fd: &OwnedFd,
+        name: &CStr,
+        counters: &Counters,
+    ) -> Option<Item> {
+        let rel = || node.rel.join(OsStr::from_bytes(name.to_bytes()));
+        let (src, dst) =
+            self.stat_pair(src_fd, node.dst_fd.as_ref(), name, &LazyRel(&rel), counters)?;
+        if self.excludes_any() && self.is_excluded(&rel(), src.as_ref(), dst.as_ref()) {
+            return None;
+        }
+        let action = self.decide_at(
+            src_fd,
+            node.dst_fd.as_ref(),
+            name,
+            src.as_ref(),
+            dst.as_ref(),
+        );
+        (action != Action::Nothing).then(|| Item {
+            name: name.to_owned(),
+            src,
+            dst,
+            action,
+        })
+    }
+
+    fn run_items(&self, batch: Batch, counters: &Counters) {
+        for item in batch.items {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            self.apply(
+                &batch.src_fd,
+                batch.node.dst_fd.as_ref(),
+                &batch.node.rel,
+                item,
+                counters,
+            );
+        }
+        complete(Some(batch.node), self, counters);
+    }
+
+    /// Sets a finished directory's attributes (its children are final, so nothing will
+    /// bump its mtime again in this pass).
+    fn finalize_dir(&self, node: &DirNode, counters: &Counters) {
+        if !node.finalize || self.cancel.is_cancelled() {
+            return;
+        }
+        let before = node.dst_before.as_ref().filter(|d| d.kind == Kind::Dir);
+        // Log only differences that were there before this pass: mtime moves caused by our
+        // own changes to the children are repaired silently.
+        if let Some(before) = before {
+            let diff = node.src.attr_diff(before, self.rules.owners);
+            if !diff.is_empty() && !node.created {
+                self.log_attrs(&node.rel, diff);
+                Counters::bump(&counters.attrs, 1);
+            }
+        }
+        let Some(dst_fd) = node.dst_fd.as_ref().filter(|_| !self.opts.dry_run) else {
+            return;
+        };
+        let result = Entry::stat_fd(dst_fd).and_then(|now| {
+            let diff = node.src.attr_diff(&now, self.rules.owners);
+            if diff.is_empty() {
+                Ok(())
+            } else {
+                ops::set_attrs_fd(dst_fd, &node.src, diff)
+            }
+        });
+        if let Err(e) = result {
+            self.record(counters, EntryError::io(Op::SetAttrs, &node.rel, e));
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // One entry
+    // ---------------------------------------------------------------------------------
+
+    fn excludes_any(&self) -> bool {
+        !self.excludes.is_empty()
+    }
+
+    fn is_excluded(&self, rel: &RelPath, src: Option<&Entry>, dst: Option<&Entry>) -> bool {
+        let is_dir = src.or(dst).is_some_and(|e| e.kind == Kind::Dir);
+        self.excludes.matches(rel, is_dir)
+    }
+
+    /// Stats `name` on both sides. A failure is recorded and the entry skipped entirely, so
+    /// an unreadable source entry never leads to a deletion.
+    fn stat_pair(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        rel: &dyn RelSource,
+        counters: &Counters,
+    ) -> Option<(Option<Entry>, Option<Entry>)> {
+        let src = match Entry::stat_at(src_dir, name) {
+            Ok(s) => s,
+            Err(e) => {
+                self.record(counters, EntryError::io(Op::Stat, &rel.rel(), e));
+                return None;
+            }
+        };
+        let dst = match dst_dir.map(|d| Entry::stat_at(d, name)).transpose() {
+            Ok(d) => d.flatten(),
+            Err(e) => {
+                self.record(counters, EntryError::io(Op::Stat, &rel.rel(), e));
+                return None;
+            }
+        };
+        Some((src, dst))
+    }
+
+    fn decide_at(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        src: Option<&Entry>,
+        dst: Option<&Entry>,
+    ) -> Action {
+        decide(src, dst, self.rules, || {
+            dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
+        })
+    }
+
+    /// Carries out one non-directory decision (and removals of directories).
+    fn apply(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        dir_rel: &RelPath,
+        item: Item,
+        counters: &Counters,
+    ) {
+        let rel = dir_rel.join(OsStr::from_bytes(item.name.to_bytes()));
+        if let Err(e) = self.apply_inner(src_dir, dst_dir, &rel, &item, counters) {
+            self.record(counters, e);
+        }
+    }
+
+    fn apply_inner(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        rel: &RelPath,
+        item: &Item,
+        counters: &Counters,
+    ) -> Result<(), EntryError> {
+        let name = item.name.as_c_str();
+        match (item.action, &item.src, &item.dst) {
+            (Action::Remove, _, Some(dst)) => self.remove_entry(dst_dir, name, rel, dst, counters),
+            (Action::Skip, Some(src), _) => {
+                warn!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored");
+                Counters::bump(&counters.skipped, 1);
+                Ok(())
+            }
+            (Action::Create | Action::Replace, Some(src), dst) => {
+                if let Some(dst) = dst.as_ref().filter(|d| d.kind == Kind::Dir) {
+                    self.remove_entry(dst_dir, name, rel, dst, counters)?;
+                }
+                self.create_entry(
+                    src_dir,
+                    dst_dir,
+                    name,
+                    rel,
+                    src,
+                    dst.is_some() && src.kind == Kind::File,
+                    counters,
+                )
+            }
+            (Action::Update, Some(src), _) => {
+                self.create_entry(src_dir, dst_dir, name, rel, src, true, counters)
+            }
+            (Action::CompareContent, Some(src), Some(dst)) => {
+                if self.same_content(src_dir, dst_dir, name, rel, src, dst)? {
+                    self.apply_attrs(dst_dir, name, rel, src, dst, counters)
+                } else {
+                    self.create_entry(src_dir, dst_dir, name, rel, src, true, counters)
+                }
+            }
+            (Action::Attrs(_), Some(src), Some(dst)) => {
+                self.apply_attrs(dst_dir, name, rel, src, dst, counters)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_attrs(
+        &self,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        rel: &RelPath,
+        src: &Entry,
+        dst: &Entry,
+        counters: &Counters,
+    ) -> Result<(), EntryError> {
+        let diff = src.attr_diff(dst, self.rules.owners);
+        if diff.is_empty() {
+            return Ok(());
+        }
+        self.log_attrs(rel, diff);
+        Counters::bump(&counters.attrs, 1);
+        match dst_dir.filter(|_| !self.opts.dry_run) {
+            Some(dir) => ops::set_attrs_at(dir.as_fd(), name, dst.kind, src, diff)
+                .map_err(|e| EntryError::io(Op::SetAttrs, rel, e)),
+            None => Ok(()),
+        }
+    }
+
+    fn remove_entry(
+        &self,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        rel: &RelPath,
+        dst: &Entry,
+        counters: &Counters,
+    ) -> Result<(), EntryError> {
+        let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) else {
+            info!(action = %"remove", path = %rel, kind = %dst.kind.name());
+            Counters::bump(&counters.remove, 1);
+            return Ok(());
+        };
+        if dst.kind == Kind::Dir {
+            let entries = ops::remove_tree(dir.as_fd(), name)
+                .map_err(|e| EntryError::io(Op::Remove, rel, e))?;
+            info!(action = %"remove", path = %rel, kind = %"dir", entries);
+        } else {
+            ops::remove_file(dir, name).map_err(|e| EntryError::io(Op::Remove, rel, e))?;
+            info!(action = %"remove", path = %rel, kind = %dst.kind.name());
+        }
+        Counters::bump(&counters.remove, 1);
+        Ok(())
+    }
+
+    /// Creates (or replaces with) the non-directory `src`: a file copy, a symlink, a FIFO
+    /// or a device node. `update` says a file's content is being replaced.
+    #[allow(clippy::too_many_arguments)]
+    fn create_entry(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        rel: &RelPath,
+        src: &Entry,
+        update: bool,
+        counters: &Counters,
+    ) -> Result<(), EntryError> {
+        let dst_dir = dst_dir.filter(|_| !self.opts.dry_run);
+        match src.kind {
+            Kind::File => {
+                let size = match dst_dir {
+                    Some(dir) => self.copy_with_retries(src_dir, dir, name, rel, counters)?,
+                    None => src.size,
+                };
+                if update {
+                    info!(action = %"update", path = %rel, size);
+                    Counters::bump(&counters.update, 1);
+                } else {
+                    info!(action = %"copy", path = %rel, size);
+                    Counters::bump(&counters.copy, 1);
+                }
+                Counters::bump(&counters.bytes, size);
+            }
+            Kind::Symlink => {
+                if let Some(dir) = dst_dir {
+                    let target = ops::read_link_at(src_dir, name)
+                        .map_err(|e| EntryError::io(Op::Read, rel, e))?;
+                    ops::make_symlink(
+                        dir.as_fd(),
+                        name,
+                        &target,
+                        src,
+                        self.opts.copy.chown,
+                        &self.temp_names,
+                    )
+                    .map_err(|e| EntryError::io(Op::Create, rel, e))?;
+                }
+                info!(action = %"create", path = %rel, kind = %"symlink");
+                Counters::bump(&counters.create, 1);
+            }
+            Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => {
+                if let Some(dir) = dst_dir {
+                    match ops::make_special(
+                        dir.as_fd(),
+                        name,
+                        src,
+                        self.opts.copy.chown,
+                        &self.temp_names,
+                    ) {
+                        Err(e)
+                            if e.raw_os_error() == Some(libc::EPERM) && src.kind != Kind::Fifo =>
+                        {
+                            warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD)");
+                            Counters::bump(&counters.skipped, 1);
+                            return Ok(());
+                        }
+                        other => other.map_err(|e| EntryError::io(Op::Create, rel, e))?,
+                    }
+                }
+                info!(action = %"create", path = %rel, kind = %src.kind.name());
+                Counters::bump(&counters.create, 1);
+            }
+            Kind::Dir | Kind::Socket => {}
+        }
+        Ok(())
+    }
+
+    /// Copies a file; when it changed during the copy, tries again a couple of times with
+    /// a short pause, then gives up until the next pass (or the queue's retry).
+    fn copy_with_retries(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: &OwnedFd,
+        name: &CStr,
+        rel: &RelPath,
+        counters: &Counters,
+    ) -> Result<u64, EntryError> {
+        const PAUSES_MS: [u64; 2] = [10, 50];
+        let cancelled = || self.cancel.is_cancelled();
+        let mut attempt = 0;
+        loop {
+            let ctx = ops::CopyContext {
+                temp_names: &self.temp_names,
+                opts: self.opts.copy,
+                caps: &self.caps,
+                md5_cache: self.md5.as_ref(),
+                cancelled: &cancelled,
+            };
+            let result = ops::copy_file(src_dir.as_fd(), dst_dir.as_fd(), name, &ctx);
+            match result {
+                Err(EntryErrorKind::ChangedDuringCopy)
+                    if attempt < PAUSES_MS.len() && !cancelled() =>
+                {
+                    std::thread::sleep(Duration::from_millis(PAUSES_MS[attempt]));
+                    attempt += 1;
+                }
+                Err(EntryErrorKind::ChangedDuringCopy) => {
+                    counters.transient.store(true, Ordering::Relaxed);
+                    return Err(EntryError::new(
+                        Op::Copy,
+                        rel,
+                        EntryErrorKind::ChangedDuringCopy,
+                    ));
+                }
+                Err(kind) => {
+                    let op = if matches!(kind, EntryErrorKind::VerifyMismatch { .. }) {
+                        Op::Verify
+                    } else {
+                        Op::Copy
+                    };
+                    return Err(EntryError::new(op, rel, kind));
+                }
+                Ok(n) => return Ok(n),
+            }
+        }
+    }
+
+    /// `--checksum`: compares the MD5 of both files (cached by inode and timestamps).
+    fn same_content(
+        &self,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        rel: &RelPath,
+        src: &Entry,
+        dst: &Entry,
+    ) -> Result<bool, EntryError> {
+        let (Some(cache), Some(dst_dir)) = (&self.md5, dst_dir) else {
+            return Ok(true);
+        };
+        let cancelled = || self.cancel.is_cancelled();
+        let read = |dir: &OwnedFd, entry: &Entry| -> io::Result<crate::checksum::Md5Sum> {
+            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+            cache.md5(&fd, entry, &cancelled)
+        };
+        let a = read(src_dir, src).map_err(|e| EntryError::io(Op::Read, rel, e))?;
+        let b = read(dst_dir, dst).map_err(|e| EntryError::io(Op::Read, rel, e))?;
+        Ok(a == b)
+    }
+
+    fn log_attrs(&self, rel: &RelPath, diff: AttrDiff) {
+        let mut what = Vec::with_capacity(3);
+        if diff.mode {
+            what.push("mode");
+        }
+        if diff.mtime {
+            what.push("mtime");
+        }
+        if diff.owner {
+            what.push("owner");
+        }
+        info!(action = %"attrs", path = %rel, changed = %what.join(","));
+    }
+
+    fn record(&self, counters: &Counters, e: EntryError) {
+        if matches!(e.kind, EntryErrorKind::Cancelled) {
+            return;
+        }
+        error!(op = %e.op, path = %e.path, error = %e.kind, "cannot mirror entry");
+        Counters::bump(&counters.errors, 1);
+    }
+}
+
+// =======================================================================================
+// Work-list plumbing
+// =======================================================================================
+
+/// Non-directory work items per batch: big enough to amortise the queue, small enough
+/// that a directory of many files is copied by all threads.
+const BATCH: usize = 32;
+
+enum Work {
+    Dir(DirJob),
+    Items(Batch),
+}
+
+/// How a directory job gets its descriptors.
+enum Opening {
+    /// Already open (the roots). The replica side may be absent in a dry run.
+    Root(OwnedFd, Option<OwnedFd>),
+    /// Opened from the parent's SOURCE descriptor (held only until the child is open, so
+    /// descriptors stay proportional to depth, not to width).
+    Child { src_parent: Arc<OwnedFd> },
+}
+
+struct DirJob {
+    rel: RelPath,
+    src: Entry,
+    dst: Option<Entry>,
+    open: Opening,
+    parent: Option<Arc<DirNode>>,
+}
+
+struct Batch {
+    node: Arc<DirNode>,
+    src_fd: Arc<OwnedFd>,
+    items: Vec<Item>,
+}
+
+struct Item {
+    name: CString,
+    src: Option<Entry>,
+    dst: Option<Entry>,
+    action: Action,
+}
+
+/// A directory being reconciled: its attributes are set when `pending` (its listing plus
+/// its queued children) drops to zero, then its parent is told.
+struct DirNode {
+    rel: RelPath,
+    src: Entry,
+    dst_before: Option<Entry>,
+    dst_fd: Option<OwnedFd>,
+    created: bool,
+    finalize: bool,
+    pending: AtomicUsize,
+    parent: Option<Arc<DirNode>>,
+}
+
+impl DirNode {
+    /// A parent for event work below it: provides its replica descriptor; its attributes
+    /// are handled by the caller.
+    fn detached(rel: RelPath, dst_fd: Option<OwnedFd>) -> Arc<DirNode> {
+        let placeholder = Entry {
+            kind: Kind::Dir,
+            mode: 0,
+            size: 0,
+            blocks: 0,
+            mtime: Default::default(),
+            ctime: Default::default(),
+            uid: 0,
+            gid: 0,
+            dev: 0,
+            ino: 0,
+            rdev: 0,
+        };
+        Arc::new(DirNode {
+            rel,
+            src: placeholder,
+            dst_before: None,
+            dst_fd,
+            created: false,
+            finalize: false,
+            pending: AtomicUsize::new(1),
+            parent: None,
+        })
+    }
+}
+
+/// One unit of a node's work is done; finalize every ancestor whose work is now complete.
+fn complete(mut node: Option<Arc<DirNode>>, engine: &Engine, counters: &Counters) {
+    while let Some(n) = node {
+        if n.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        engine.finalize_dir(&n, counters);
+        node = n.parent.clone();
+    }
+}
+
+/// A LIFO of work shared by the pass's threads; ends when empty and nobody is working.
+struct WorkList {
+    state: Mutex<(Vec<Work>, usize)>,
+    wake: Condvar,
+}
+
+impl WorkList {
+    fn new(initial: Vec<Work>) -> WorkList {
+        WorkList {
+            state: Mutex::new((initial, 0)),
+            wake: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Work>, usize)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, work: Work) {
+        self.lock().0.push(work);
+        self.wake.notify_one();
+    }
+
+    fn pop(&self, cancel: &CancellationToken) -> Option<Work> {
+        let mut state = self.lock();
+        loop {
+            if cancel.is_cancelled() {
+                state.0.clear();
+            }
+            if let Some(work) = state.0.pop() {
+                state.1 += 1;
+                return Some(work);
+            }
+            if state.1 == 0 {
+                self.wake.notify_all();
+                return None;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn done(&self) {
+        let mut state = self.lock();
+        state.1 -= 1;
+        if state.1 == 0 && state.0.is_empty() {
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// Names of both sorted listings, merged and deduplicated, in byte order.
+fn merge_names<'a>(
+    src: &'a [ops::DirItem],
+    dst: &'a [ops::DirItem],
+) -> impl Iterator<Item = &'a CStr> {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || {
+        let next = match (src.get(i), dst.get(j)) {
+            (Some(a), Some(b)) if a.name == b.name => {
+                i += 1;
+                j += 1;
+                &a.name
+            }
+            (Some(a), Some(b)) if a.name < b.name => {
+                i += 1;
+                &a.name
+            }
+            (Some(_), Some(b)) | (None, Some(b)) => {
+                j += 1;
+                &b.name
+            }
+            (Some(a), None) => {
+                i += 1;
+                &a.name
+            }
+            (None, None) => return None,
+        };
+        Some(next.as_c_str())
+    })
+}
+
+// =======================================================================================
+// Small helpers
+// =======================================================================================
+
+/// Something that can produce the relative path for an error message, lazily (building
+/// a path per entry would cost an allocation on every entry of every pass).
+trait RelSource {
+    fn rel(&self) -> RelPath;
+}
+
+impl RelSource for RelPath {
+    fn rel(&self) -> RelPath {
+        self.clone()
+    }
+}
+
+struct LazyRel<'a, F: Fn() -> RelPath>(&'a F);
+
+impl<F: Fn() -> RelPath> RelSource for LazyRel<'_, F> {
+    fn rel(&self) -> RelPath {
+        (self.0)()
+    }
+}
+
+fn c_name(name: &OsStr) -> CString {
+    // Names read from the filesystem never contain NUL.
+    CString::new(name.as_bytes()).unwrap_or_default()
+}
+
+fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?)
+}
+
+/// Opens `rel` below `root` one component at a time, never following a symlink (works for
+/// paths longer than PATH_MAX).
+fn open_path_at(root: &OwnedFd, rel: &RelPath) -> io::Result<OwnedFd> {
+    let mut fd = dup(root)?;
+    for name in rel.names() {
+        fd = ops::open_dir_at(&fd, &c_name(name))?;
+    }
+    Ok(fd)
+}
+
+fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
+    fd.try_clone()
+}
+
+fn read_link_pair(a_dir: &OwnedFd, a: &CStr, b_dir: &OwnedFd, b: &CStr) -> bool {
+    match (ops::read_link_at(a_dir, a), ops::read_link_at(b_dir, b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// True if the directory has no entry other than those `ignore` accepts. Rewinds the
+/// descriptor afterwards so it can still be listed.
+fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<bool> {
+    let items = ops::list_dir(dir)?;
+    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
+    Ok(items.iter().all(|i| ignore(i.name.to_bytes())))
+}

@@ -39,7 +39,10 @@ impl RelPath {
 
     /// This path with one more component. `name` must be a single file name (no `/`).
     pub fn join(&self, name: &OsStr) -> RelPath {
-        debug_assert!(!name.as_encoded_bytes().contains(&b'/'), "join takes one name");
+        debug_assert!(
+            !name.as_encoded_bytes().contains(&b'/'),
+            "join takes one name"
+        );
         RelPath(self.0.join(name))
     }
 
@@ -53,7 +56,9 @@ impl RelPath {
         if self.is_root() {
             None
         } else {
-            Some(RelPath(self.0.parent().map(Path::to_path_buf).unwrap_or_default()))
+            Some(RelPath(
+                self.0.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ))
         }
     }
 
@@ -154,7 +159,10 @@ mod tests {
         assert!(RelPath::new(Path::new("../x")).is_none());
         assert!(RelPath::new(Path::new("a/../../x")).is_none());
         assert!(RelPath::new(Path::new("/etc")).is_none());
-        assert_eq!(RelPath::new(Path::new("./a/./b")).map(|p| p.to_string()), Some("a/b".into()));
+        assert_eq!(
+            RelPath::new(Path::new("./a/./b")).map(|p| p.to_string()),
+            Some("a/b".into())
+        );
     }
 
     #[test]
@@ -170,7 +178,10 @@ mod tests {
         let p = RelPath::new(Path::new("a/b/c")).unwrap_or_default();
         assert_eq!(p.depth(), 3);
         assert_eq!(p.parent().map(|p| p.to_string()), Some("a/b".into()));
-        assert_eq!(RelPath::new(Path::new("a")).and_then(|p| p.parent()), Some(RelPath::root()));
+        assert_eq!(
+            RelPath::new(Path::new("a")).and_then(|p| p.parent()),
+            Some(RelPath::root())
+        );
         assert_eq!(RelPath::root().parent(), None);
         assert!(p.starts_with(&RelPath::new(Path::new("a")).unwrap_or_default()));
     }
