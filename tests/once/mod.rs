@@ -382,7 +382,13 @@ fn tree_far_deeper_than_path_max_is_mirrored() {
     let t = Tree::new();
     build_chain(t.src(), DEPTH, b"at the bottom");
     let _cleanup = ChainCleanup(&[t.src(), t.dst()]);
-    t.once(&[]).assert_code(0);
+    // A debug build takes ~10 s alone here; allow for a loaded 2-core machine.
+    let mut cmd = replicad();
+    cmd.timeout(std::time::Duration::from_secs(240))
+        .arg("--once")
+        .arg(t.src())
+        .arg(t.dst());
+    Run::of(&mut cmd).assert_code(0);
     match compare_chain(t.src(), t.dst()) {
         Ok(depth) => assert_eq!(depth, DEPTH, "replica chain is not as deep as the source"),
         Err(e) => panic!("deep replica differs: {e}"),
