@@ -1,0 +1,15 @@
+//! replicad's integration tests, in one test binary so the crate is linked once (STYLE.md:
+//! "one integration test binary"). Test modules live in subdirectories, which cargo does not
+//! auto-discover as separate targets.
+//!
+//! - `support`: the oracle (strict tree comparer), tree builder, binary runner, waiting.
+//! - `comparer`: proves the oracle catches every kind of difference.
+//! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
+//! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
+
+mod support;
+
+mod comparer;
+mod once;
+mod prop;
