@@ -44,12 +44,7 @@ fn cp_a(from: &Path, to: &Path) {
         .arg(to)
         .status()
         .expect("run cp");
-    assert!(
-        st.success(),
-        "cp -a {} {} failed",
-        from.display(),
-        to.display()
-    );
+    assert!(st.success(), "cp -a {} {} failed", from.display(), to.display());
 }
 
 /// Gives REPLICA's `rel` the mtime SOURCE's `rel` has (undoing the bump a fixture edit made).
@@ -62,10 +57,7 @@ fn copy_mtime(t: &Tree, rel: impl AsRef<Path>) {
 #[track_caller]
 fn assert_caught(t: &Tree, path: impl AsRef<Path>, what: What) {
     match compare(t.src(), t.dst()) {
-        Ok(()) => panic!(
-            "comparer missed a {what:?} difference at {}",
-            path.as_ref().display()
-        ),
+        Ok(()) => panic!("comparer missed a {what:?} difference at {}", path.as_ref().display()),
         Err(diff) => assert!(
             diff.has(path.as_ref(), what),
             "expected a {what:?} difference at {}, got:\n{diff}",
@@ -77,9 +69,7 @@ fn assert_caught(t: &Tree, path: impl AsRef<Path>, what: What) {
 #[test]
 fn identical_trees_copied_with_cp_a_compare_equal() {
     let t = pair();
-    t.chardev("null", 1, 3)
-        .socket("sock")
-        .chown("a.txt", 1234, 5678);
+    t.chardev("null", 1, 3).socket("sock").chown("a.txt", 1234, 5678);
     std::fs::remove_dir_all(t.dst()).unwrap();
     cp_a(&t.src().join("."), t.dst());
     assert_same(t.src(), t.dst());
@@ -271,10 +261,7 @@ fn owner_is_caught_unless_skipped() {
     let t = pair();
     t.replica().chown("a.txt", 1234, 0);
     assert_caught(&t, "a.txt", What::Owner);
-    let skip = CompareOptions {
-        skip_owner: true,
-        ..CompareOptions::default()
-    };
+    let skip = CompareOptions { skip_owner: true, ..CompareOptions::default() };
     assert!(compare_with(t.src(), t.dst(), &skip).is_ok());
     t.replica().chown("a.txt", 0, 0);
     assert_same(t.src(), t.dst());
@@ -306,16 +293,11 @@ fn non_utf8_names_are_compared_as_bytes_and_printed_escaped() {
     let t = pair();
     let good = Path::new(OsStr::from_bytes(b"caf\xff"));
     let bad = Path::new(OsStr::from_bytes(b"caf\xfe"));
-    t.file(good, b"x")
-        .mtime(good, 1, 1)
-        .mtime("", 1_600_000_005, 666_666_666);
+    t.file(good, b"x").mtime(good, 1, 1).mtime("", 1_600_000_005, 666_666_666);
     t.replica().file(bad, b"x").mtime(bad, 1, 1);
     copy_mtime(&t, "");
     let diff = compare(t.src(), t.dst()).unwrap_err();
-    assert!(
-        diff.has(good, What::Missing) && diff.has(bad, What::Extra),
-        "{diff}"
-    );
+    assert!(diff.has(good, What::Missing) && diff.has(bad, What::Extra), "{diff}");
     let shown = diff.to_string();
     assert!(
         shown.contains("caf\\xff") && shown.contains("caf\\xfe"),
@@ -330,16 +312,11 @@ fn non_utf8_names_are_compared_as_bytes_and_printed_escaped() {
 fn excluded_paths_are_ignored_on_both_sides() {
     let t = pair();
     t.file("build/out.o", b"src side");
-    t.replica()
-        .file("build/other.o", b"replica side")
-        .file("junk.o", b"j");
+    t.replica().file("build/other.o", b"replica side").file("junk.o", b"j");
     copy_mtime(&t, "");
     assert!(compare(t.src(), t.dst()).is_err());
     let exclude = |p: &Path| p.starts_with("build") || p.extension() == Some(OsStr::new("o"));
-    let opts = CompareOptions {
-        exclude: &exclude,
-        ..CompareOptions::default()
-    };
+    let opts = CompareOptions { exclude: &exclude, ..CompareOptions::default() };
     if let Err(diff) = compare_with(t.src(), t.dst(), &opts) {
         panic!("excluded paths were compared:\n{diff}");
     }
@@ -348,26 +325,14 @@ fn excluded_paths_are_ignored_on_both_sides() {
 #[test]
 fn every_difference_is_reported_and_both_trees_are_listed() {
     let t = pair();
-    t.replica()
-        .chmod("a.txt", 0o600)
-        .mtime("l", 5, 5)
-        .remove("p");
+    t.replica().chmod("a.txt", 0o600).mtime("l", 5, 5).remove("p");
     copy_mtime(&t, "");
     let diff = compare(t.src(), t.dst()).unwrap_err();
-    assert_eq!(
-        diff.whats(),
-        vec![What::Mode, What::Mtime, What::Missing],
-        "{diff}"
-    );
+    assert_eq!(diff.whats(), vec![What::Mode, What::Mtime, What::Missing], "{diff}");
     let shown = diff.to_string();
-    for needle in [
-        "SOURCE tree:",
-        "REPLICA tree:",
-        "fifo",
-        "symlink",
-        "-> a.txt",
-        "1600000000.111111111",
-    ] {
+    for needle in
+        ["SOURCE tree:", "REPLICA tree:", "fifo", "symlink", "-> a.txt", "1600000000.111111111"]
+    {
         assert!(shown.contains(needle), "{needle:?} not in:\n{shown}");
     }
 }

@@ -44,20 +44,10 @@ fn excluding(paths: &'static [&'static str]) -> impl Fn(&Path) -> bool {
 #[track_caller]
 fn assert_refused(run: &Run, paths: &[&Path]) {
     run.assert_code(1);
-    let lines: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "a refusal is one clear line on stderr:\n{run}"
-    );
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "a refusal is one clear line on stderr:\n{run}");
     assert!(
-        paths
-            .iter()
-            .any(|p| lines[0].contains(&*p.to_string_lossy())),
+        paths.iter().any(|p| lines[0].contains(&*p.to_string_lossy())),
         "the refusal should name one of {paths:?}:\n{run}"
     );
 }
@@ -86,13 +76,9 @@ fn replica_is_created_with_its_parents() {
 #[test]
 fn file_content_is_copied_byte_for_byte() {
     let t = Tree::new();
-    let big: Vec<u8> = (0..3_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    t.file("big", &big)
-        .file("zeros", vec![0u8; 70_000])
-        .file("empty", b"")
-        .file("nl", b"\n\r\n");
+    let big: Vec<u8> =
+        (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    t.file("big", &big).file("zeros", vec![0u8; 70_000]).file("empty", b"").file("nl", b"\n\r\n");
     t.once(&[]).assert_code(0);
     t.assert_mirrored();
 }
@@ -170,9 +156,7 @@ fn directory_mtime_is_right_after_its_children_were_created() {
         t.file(format!("d/sub/f{i}"), b"child");
     }
     t.symlink("d/link", "sub").fifo("d/pipe").dir("d/sub/empty");
-    t.mtime("d/sub", 1_000_000_000, 7)
-        .mtime("d", 1_000_000_001, 8)
-        .mtime("", 1_000_000_002, 9);
+    t.mtime("d/sub", 1_000_000_000, 7).mtime("d", 1_000_000_001, 8).mtime("", 1_000_000_002, 9);
     t.once(&[]).assert_code(0);
     t.assert_mirrored();
 }
@@ -204,34 +188,21 @@ fn socket_is_skipped_with_one_warning_naming_it() {
     t.file("f", b"f").socket("the.sock");
     let run = t.once(&[]);
     run.assert_code(0);
-    assert!(
-        !t.replica().exists("the.sock"),
-        "a socket must not be mirrored"
-    );
-    let warnings: Vec<&str> = run
-        .lines_with("the.sock")
-        .into_iter()
-        .filter(|l| l.contains("WARN"))
-        .collect();
+    assert!(!t.replica().exists("the.sock"), "a socket must not be mirrored");
+    let warnings: Vec<&str> =
+        run.lines_with("the.sock").into_iter().filter(|l| l.contains("WARN")).collect();
     assert_eq!(warnings.len(), 1, "one warning naming the socket:\n{run}");
     assert_same_with(
         t.src(),
         t.dst(),
-        &CompareOptions {
-            exclude: &excluding(&["the.sock"]),
-            ..Default::default()
-        },
+        &CompareOptions { exclude: &excluding(&["the.sock"]), ..Default::default() },
     );
 }
 
 #[test]
 fn empty_directories_are_mirrored() {
     let t = Tree::new();
-    t.dir("a/b/c")
-        .dir("x")
-        .dir("a/y")
-        .chmod("a/b/c", 0o700)
-        .mtime("a/b/c", 999, 9);
+    t.dir("a/b/c").dir("x").dir("a/y").chmod("a/b/c", 0o700).mtime("a/b/c", 999, 9);
     t.once(&[]).assert_code(0);
     t.assert_mirrored();
 }
@@ -247,14 +218,8 @@ fn non_utf8_names_are_mirrored_and_logged_escaped() {
     let run = t.once(&[]);
     run.assert_code(0);
     t.assert_mirrored();
-    assert!(
-        run.stderr.contains("caf\\xff"),
-        "non-UTF-8 name not logged escaped:\n{run}"
-    );
-    assert!(
-        !run.stderr.contains('\u{fffd}'),
-        "a name was logged lossily:\n{run}"
-    );
+    assert!(run.stderr.contains("caf\\xff"), "non-UTF-8 name not logged escaped:\n{run}");
+    assert!(!run.stderr.contains('\u{fffd}'), "a name was logged lossily:\n{run}");
 }
 
 #[test]
@@ -266,10 +231,7 @@ fn edit_within_the_same_second_is_caught_by_the_nanoseconds() {
     let run = t.once(&[]);
     run.assert_code(0);
     t.assert_mirrored();
-    assert!(
-        run.has_action("update", "f"),
-        "expected an update line:\n{run}"
-    );
+    assert!(run.has_action("update", "f"), "expected an update line:\n{run}");
 }
 
 /// A replica whose `f` differs from SOURCE in content only: same size, same mtime.
@@ -293,10 +255,7 @@ fn same_size_same_mtime_difference_is_not_looked_for_without_checksum() {
         "without --checksum, size+mtime equal means unchanged (by design)"
     );
     assert_eq!(t.replica().read("g"), b"proof the pass ran");
-    assert!(
-        !run.has_action("update", "f"),
-        "f looks unchanged without --checksum:\n{run}"
-    );
+    assert!(!run.has_action("update", "f"), "f looks unchanged without --checksum:\n{run}");
 }
 
 #[test]
@@ -305,10 +264,7 @@ fn checksum_catches_same_size_same_mtime_difference() {
     let run = t.once(&["--checksum"]);
     run.assert_code(0);
     t.assert_mirrored();
-    assert!(
-        run.has_action("update", "f"),
-        "expected an update line:\n{run}"
-    );
+    assert!(run.has_action("update", "f"), "expected an update line:\n{run}");
 }
 
 #[test]
@@ -337,9 +293,7 @@ fn leftover_temp_files_in_replica_are_removed() {
     let t = Tree::new();
     varied(&t);
     t.once(&[]).assert_code(0);
-    t.replica()
-        .file(".replicad.tmp.4242.1", b"torn")
-        .file("d/e/.replicad.tmp.1.99", b"torn");
+    t.replica().file(".replicad.tmp.4242.1", b"torn").file("d/e/.replicad.tmp.1.99", b"torn");
     t.replica().mtime("", 1, 0);
     t.once(&[]).assert_code(0);
     t.assert_mirrored();
@@ -354,9 +308,7 @@ fn source_is_left_byte_for_byte_untouched() {
     t.chown("d/b.bin", 1234, 5678).chmod("d/b.bin", 0o4755);
     let before = snapshot(t.src());
     t.once(&["--checksum", "--verify"]).assert_code(0);
-    t.replica()
-        .file("a.txt", b"changed in replica")
-        .file("extra", b"x");
+    t.replica().file("a.txt", b"changed in replica").file("extra", b"x");
     t.once(&["--checksum", "--verify"]).assert_code(0);
     assert_unchanged("SOURCE", &before, &snapshot(t.src()));
     t.assert_mirrored();
@@ -384,10 +336,7 @@ fn tree_far_deeper_than_path_max_is_mirrored() {
     let _cleanup = ChainCleanup(&[t.src(), t.dst()]);
     // A debug build takes ~10 s alone here; allow for a loaded 2-core machine.
     let mut cmd = replicad();
-    cmd.timeout(std::time::Duration::from_secs(240))
-        .arg("--once")
-        .arg(t.src())
-        .arg(t.dst());
+    cmd.timeout(std::time::Duration::from_secs(240)).arg("--once").arg(t.src()).arg(t.dst());
     Run::of(&mut cmd).assert_code(0);
     match compare_chain(t.src(), t.dst()) {
         Ok(depth) => assert_eq!(depth, DEPTH, "replica chain is not as deep as the source"),
@@ -402,15 +351,10 @@ fn symlink_planted_in_replica_is_replaced_not_written_through() {
     let t = Tree::new();
     let elsewhere = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
-    Dir::at(elsewhere.path())
-        .file("keep", b"k")
-        .file("f", b"not yours");
+    Dir::at(elsewhere.path()).file("keep", b"k").file("f", b"not yours");
     Dir::at(other.path()).file("keep", b"k2");
     let (before, before_other) = (snapshot(elsewhere.path()), snapshot(other.path()));
-    t.file("x/f", b"source f")
-        .file("x/sub/g", b"g")
-        .file("y/sub/h", b"h")
-        .file("a.txt", b"new");
+    t.file("x/f", b"source f").file("x/sub/g", b"g").file("y/sub/h", b"h").file("a.txt", b"new");
     t.replica()
         .symlink("x", elsewhere.path())
         .symlink("y/sub", other.path())
@@ -438,26 +382,12 @@ fn first_pass_logs_each_change_with_its_action() {
     t.file("d/a.txt", b"abc").symlink("l", "d").fifo("p");
     let run = t.once(&[]);
     run.assert_code(0);
-    for (action, path) in [
-        ("create", "d"),
-        ("copy", "d/a.txt"),
-        ("create", "l"),
-        ("create", "p"),
-    ] {
-        assert!(
-            run.has_action(action, path),
-            "no action={action} path={path} line:\n{run}"
-        );
+    for (action, path) in [("create", "d"), ("copy", "d/a.txt"), ("create", "l"), ("create", "p")] {
+        assert!(run.has_action(action, path), "no action={action} path={path} line:\n{run}");
     }
     let copy = run.lines_with("path=d/a.txt");
-    assert!(
-        copy.iter().any(|l| l.contains("size=3")),
-        "a copy line carries the size:\n{run}"
-    );
-    assert!(
-        !run.lines_with("pass complete").is_empty(),
-        "no summary line:\n{run}"
-    );
+    assert!(copy.iter().any(|l| l.contains("size=3")), "a copy line carries the size:\n{run}");
+    assert!(!run.lines_with("pass complete").is_empty(), "no summary line:\n{run}");
 }
 
 #[test]
@@ -469,23 +399,14 @@ fn each_kind_of_change_is_logged_with_its_action_word() {
         .file("olddir/a", b"a")
         .file("olddir/b", b"b");
     t.once(&[]).assert_code(0);
-    t.file("upd", b"22")
-        .chmod("meta", 0o600)
-        .remove("gone")
-        .remove("olddir");
+    t.file("upd", b"22").chmod("meta", 0o600).remove("gone").remove("olddir");
     let run = t.once(&[]);
     run.assert_code(0);
     t.assert_mirrored();
-    for (action, path) in [
-        ("update", "upd"),
-        ("attrs", "meta"),
-        ("remove", "gone"),
-        ("remove", "olddir"),
-    ] {
-        assert!(
-            run.has_action(action, path),
-            "no action={action} path={path} line:\n{run}"
-        );
+    for (action, path) in
+        [("update", "upd"), ("attrs", "meta"), ("remove", "gone"), ("remove", "olddir")]
+    {
+        assert!(run.has_action(action, path), "no action={action} path={path} line:\n{run}");
     }
 }
 
@@ -496,14 +417,8 @@ fn second_pass_on_an_unchanged_tree_logs_no_action() {
     t.once(&[]).assert_code(0);
     let run = t.once(&[]);
     run.assert_code(0);
-    assert!(
-        run.actions().is_empty(),
-        "an unchanged tree needs no action:\n{run}"
-    );
-    assert!(
-        !run.lines_with("pass complete").is_empty(),
-        "no summary line:\n{run}"
-    );
+    assert!(run.actions().is_empty(), "an unchanged tree needs no action:\n{run}");
+    assert!(!run.lines_with("pass complete").is_empty(), "no summary line:\n{run}");
     t.assert_mirrored();
 }
 
@@ -523,15 +438,8 @@ fn log_file_gets_the_same_action_lines_and_its_parents_are_created() {
         v.sort();
         v
     };
-    assert!(
-        !tail(&run.stderr).is_empty(),
-        "no action lines on stderr:\n{run}"
-    );
-    assert_eq!(
-        tail(&file),
-        tail(&run.stderr),
-        "log file and stderr disagree; file:\n{file}"
-    );
+    assert!(!tail(&run.stderr).is_empty(), "no action lines on stderr:\n{run}");
+    assert_eq!(tail(&file), tail(&run.stderr), "log file and stderr disagree; file:\n{file}");
 }
 
 #[test]
@@ -543,15 +451,10 @@ fn json_log_format_writes_one_object_per_line() {
     t.assert_mirrored();
     for line in run.stderr.lines().filter(|l| !l.trim().is_empty()) {
         let l = line.trim();
-        assert!(
-            l.starts_with('{') && l.ends_with('}'),
-            "not a JSON object: {line:?}\n{run}"
-        );
+        assert!(l.starts_with('{') && l.ends_with('}'), "not a JSON object: {line:?}\n{run}");
     }
     assert!(
-        run.stderr
-            .lines()
-            .any(|l| l.contains("\"action\":\"copy\"") && l.contains("a.txt")),
+        run.stderr.lines().any(|l| l.contains("\"action\":\"copy\"") && l.contains("a.txt")),
         "no JSON copy line for a.txt:\n{run}"
     );
 }
@@ -563,20 +466,15 @@ fn dry_run_changes_nothing_and_logs_what_it_would_do() {
     let t = Tree::new();
     varied(&t);
     t.once(&[]).assert_code(0);
-    t.file("new.txt", b"n")
-        .remove("empty")
-        .chmod("a.txt", 0o600);
+    t.file("new.txt", b"n").remove("empty").chmod("a.txt", 0o600);
     t.replica().file("stray", b"s");
     let before = snapshot(t.dst());
     let run = Run::of(replicad().arg("--dry-run").arg(t.src()).arg(t.dst()));
     run.assert_code(0);
     assert_unchanged("REPLICA under --dry-run", &before, &snapshot(t.dst()));
-    for (action, path) in [
-        ("copy", "new.txt"),
-        ("remove", "empty"),
-        ("remove", "stray"),
-        ("attrs", "a.txt"),
-    ] {
+    for (action, path) in
+        [("copy", "new.txt"), ("remove", "empty"), ("remove", "stray"), ("attrs", "a.txt")]
+    {
         assert!(
             run.has_action(action, path),
             "dry run should log action={action} path={path}:\n{run}"
@@ -591,10 +489,7 @@ fn dry_run_does_not_create_the_replica() {
     let run = Run::of(replicad().arg("--dry-run").arg(t.src()).arg(t.dst()));
     run.assert_code(0);
     assert!(!t.dst().exists(), "--dry-run created REPLICA");
-    assert!(
-        run.has_action("copy", "a.txt"),
-        "dry run should log the copy it would make:\n{run}"
-    );
+    assert!(run.has_action("copy", "a.txt"), "dry run should log the copy it would make:\n{run}");
 }
 
 #[test]
@@ -618,42 +513,25 @@ fn excluded_directory_pattern_is_neither_copied_nor_removed() {
         Some(Kind::File),
         "`build/` matches directories only"
     );
-    let opts = CompareOptions {
-        exclude: &excluding(&["build", "lib/build"]),
-        ..Default::default()
-    };
+    let opts =
+        CompareOptions { exclude: &excluding(&["build", "lib/build"]), ..Default::default() };
     assert_same_with(t.src(), t.dst(), &opts);
 }
 
 #[test]
 fn excluded_glob_pattern_is_neither_copied_nor_removed() {
     let t = Tree::new();
-    t.file("a.o", b"o")
-        .file("d/b.o", b"o")
-        .file("d/c.c", b"c")
-        .file("main.c", b"m");
-    t.replica()
-        .file("old.o", b"stale")
-        .file("d/keep.o", b"stale");
+    t.file("a.o", b"o").file("d/b.o", b"o").file("d/c.c", b"c").file("main.c", b"m");
+    t.replica().file("old.o", b"stale").file("d/keep.o", b"stale");
     let run = t.once(&["--exclude", "*.o"]);
     run.assert_code(0);
-    assert!(
-        !t.replica().exists("a.o") && !t.replica().exists("d/b.o"),
-        "excluded files copied"
-    );
+    assert!(!t.replica().exists("a.o") && !t.replica().exists("d/b.o"), "excluded files copied");
     assert!(
         t.replica().exists("old.o") && t.replica().exists("d/keep.o"),
         "excluded files removed"
     );
     let exclude = |p: &Path| p.extension() == Some(OsStr::new("o"));
-    assert_same_with(
-        t.src(),
-        t.dst(),
-        &CompareOptions {
-            exclude: &exclude,
-            ..Default::default()
-        },
-    );
+    assert_same_with(t.src(), t.dst(), &CompareOptions { exclude: &exclude, ..Default::default() });
 }
 
 #[test]
@@ -672,10 +550,7 @@ fn source_and_replica_can_come_from_the_environment() {
     let t = Tree::new();
     varied(&t);
     let run = Run::of(
-        replicad()
-            .arg("--once")
-            .env("REPLICAD_SOURCE", t.src())
-            .env("REPLICAD_REPLICA", t.dst()),
+        replicad().arg("--once").env("REPLICAD_SOURCE", t.src()).env("REPLICAD_REPLICA", t.dst()),
     );
     run.assert_code(0);
     t.assert_mirrored();
@@ -694,50 +569,35 @@ fn bare_number_interval_means_seconds() {
 #[test]
 fn unreadable_file_exits_23_names_it_and_the_rest_is_mirrored() {
     let t = Tree::new();
-    t.file("a.txt", b"a")
-        .file("d/b.txt", b"b")
-        .file("secret", b"s");
+    t.file("a.txt", b"a").file("d/b.txt", b"b").file("secret", b"s");
     t.give_to(NOBODY, NOBODY);
     t.chmod("secret", 0o000);
     let run = t.once_as_nobody(&[]);
     run.assert_code(23);
     let errors = run.lines_with("secret");
     assert!(
-        errors
-            .iter()
-            .any(|l| l.contains("ermission denied") || l.contains("os error 13")),
+        errors.iter().any(|l| l.contains("ermission denied") || l.contains("os error 13")),
         "the error names the path and the OS error:\n{run}"
     );
-    assert!(
-        !t.replica().exists("secret"),
-        "an unreadable file must not appear in REPLICA"
-    );
+    assert!(!t.replica().exists("secret"), "an unreadable file must not appear in REPLICA");
     assert_same_with(
         t.src(),
         t.dst(),
-        &CompareOptions {
-            exclude: &excluding(&["secret"]),
-            ..Default::default()
-        },
+        &CompareOptions { exclude: &excluding(&["secret"]), ..Default::default() },
     );
 }
 
 #[test]
 fn unlistable_source_directory_does_not_empty_its_replica_counterpart() {
     let t = Tree::new();
-    t.file("a.txt", b"a")
-        .file("locked/x", b"x")
-        .file("locked/sub/y", b"y");
+    t.file("a.txt", b"a").file("locked/x", b"x").file("locked/sub/y", b"y");
     t.once(&[]).assert_code(0);
     t.file("new.txt", b"n");
     t.give_to(NOBODY, NOBODY);
     t.chmod("locked", 0o000);
     let run = t.once_as_nobody(&[]);
     run.assert_code(23);
-    assert!(
-        !run.lines_with("locked").is_empty(),
-        "the error names the directory:\n{run}"
-    );
+    assert!(!run.lines_with("locked").is_empty(), "the error names the directory:\n{run}");
     assert_eq!(
         t.replica().read("locked/x"),
         b"x",
@@ -748,11 +608,7 @@ fn unlistable_source_directory_does_not_empty_its_replica_counterpart() {
         b"y",
         "contents under an unlistable directory were deleted"
     );
-    assert_eq!(
-        t.replica().read("new.txt"),
-        b"n",
-        "the rest of the tree is mirrored as usual"
-    );
+    assert_eq!(t.replica().read("new.txt"), b"n", "the rest of the tree is mirrored as usual");
 }
 
 // ---- type changes --------------------------------------------------------------------------
@@ -814,15 +670,8 @@ fn empty_source_with_non_empty_replica_trips_the_deletion_guard() {
     let before = snapshot(t.dst());
     let run = t.once(&[]);
     run.assert_code(1);
-    assert!(
-        run.stderr.contains("--allow-empty-source"),
-        "the error must name the way out:\n{run}"
-    );
-    assert_unchanged(
-        "REPLICA behind the deletion guard",
-        &before,
-        &snapshot(t.dst()),
-    );
+    assert!(run.stderr.contains("--allow-empty-source"), "the error must name the way out:\n{run}");
+    assert_unchanged("REPLICA behind the deletion guard", &before, &snapshot(t.dst()));
 }
 
 #[test]
@@ -840,14 +689,8 @@ fn allow_empty_source_empties_the_replica() {
 fn missing_source_is_refused() {
     let t = Tree::new();
     let (src, dst) = (t.base().join("nope"), t.base().join("new/replica"));
-    assert_refused(
-        &Run::of(replicad().arg("--once").arg(&src).arg(&dst)),
-        &[&src],
-    );
-    assert!(
-        !t.base().join("new").exists(),
-        "a refused run created REPLICA"
-    );
+    assert_refused(&Run::of(replicad().arg("--once").arg(&src).arg(&dst)), &[&src]);
+    assert!(!t.base().join("new").exists(), "a refused run created REPLICA");
 }
 
 #[test]
@@ -855,10 +698,7 @@ fn source_that_is_a_file_is_refused() {
     let t = Tree::new();
     let src = t.base().join("file");
     fs::write(&src, b"f").unwrap();
-    assert_refused(
-        &Run::of(replicad().arg("--once").arg(&src).arg(t.dst())),
-        &[&src],
-    );
+    assert_refused(&Run::of(replicad().arg("--once").arg(&src).arg(t.dst())), &[&src]);
     assert!(!t.dst().exists(), "a refused run created REPLICA");
 }
 
@@ -866,11 +706,7 @@ fn source_that_is_a_file_is_refused() {
 fn unreadable_source_is_refused() {
     let t = Tree::new();
     t.file("f", b"f");
-    fs::set_permissions(
-        t.base(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    fs::set_permissions(t.base(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     t.chmod("", 0o000);
     let run = Run::of(as_nobody().arg("--once").arg(t.src()).arg(t.dst()));
     assert_refused(&run, &[t.src()]);
@@ -891,10 +727,7 @@ fn same_directory_is_refused() {
     let t = Tree::new();
     varied(&t);
     let before = snapshot(t.src());
-    assert_refused(
-        &Run::of(replicad().arg("--once").arg(t.src()).arg(t.src())),
-        &[t.src()],
-    );
+    assert_refused(&Run::of(replicad().arg("--once").arg(t.src()).arg(t.src())), &[t.src()]);
     assert_unchanged("SOURCE", &before, &snapshot(t.src()));
 }
 
@@ -905,10 +738,7 @@ fn same_directory_through_a_symlink_is_refused() {
     let alias = t.base().join("alias");
     std::os::unix::fs::symlink(t.src(), &alias).unwrap();
     let before = snapshot(t.src());
-    assert_refused(
-        &Run::of(replicad().arg("--once").arg(t.src()).arg(&alias)),
-        &[t.src(), &alias],
-    );
+    assert_refused(&Run::of(replicad().arg("--once").arg(t.src()).arg(&alias)), &[t.src(), &alias]);
     assert_unchanged("SOURCE", &before, &snapshot(t.src()));
 }
 
@@ -918,10 +748,7 @@ fn replica_inside_source_is_refused() {
     varied(&t);
     let dst = t.join("sub/replica");
     let before = snapshot(t.src());
-    assert_refused(
-        &Run::of(replicad().arg("--once").arg(t.src()).arg(&dst)),
-        &[t.src(), &dst],
-    );
+    assert_refused(&Run::of(replicad().arg("--once").arg(t.src()).arg(&dst)), &[t.src(), &dst]);
     assert_unchanged("SOURCE", &before, &snapshot(t.src()));
 }
 
@@ -936,29 +763,16 @@ fn source_inside_replica_is_refused() {
         &Run::of(replicad().arg("--once").arg(&inner).arg(outer.path())),
         &[&inner, outer.path()],
     );
-    assert_unchanged(
-        "REPLICA that holds SOURCE",
-        &before,
-        &snapshot(outer.path()),
-    );
+    assert_unchanged("REPLICA that holds SOURCE", &before, &snapshot(outer.path()));
 }
 
 // ---- usage errors (exit 2, clap's own) -----------------------------------------------------
 
 #[track_caller]
 fn assert_usage_error(t: &Tree, extra: &[&str]) {
-    let run = Run::of(
-        replicad()
-            .args(extra)
-            .arg("--once")
-            .arg(t.src())
-            .arg(t.dst()),
-    );
+    let run = Run::of(replicad().args(extra).arg("--once").arg(t.src()).arg(t.dst()));
     run.assert_code(2);
-    assert!(
-        !run.stderr.trim().is_empty(),
-        "a usage error says why:\n{run}"
-    );
+    assert!(!run.stderr.trim().is_empty(), "a usage error says why:\n{run}");
     assert!(!t.dst().exists(), "a usage error created REPLICA");
 }
 

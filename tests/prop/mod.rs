@@ -66,11 +66,7 @@ impl Applier<'_> {
     /// A fresh, never-reused mtime.
     fn tick(&mut self, rel: &Path, nanos: u32) {
         self.clock += 1;
-        self.t.mtime(
-            rel,
-            1_000_000_000 + self.clock * 1000,
-            nanos % 1_000_000_000,
-        );
+        self.t.mtime(rel, 1_000_000_000 + self.clock * 1000, nanos % 1_000_000_000);
     }
 
     fn make_parents(&self, rel: &Path) {

@@ -54,11 +54,7 @@ pub fn escape(os: &OsStr) -> String {
 }
 
 fn show(rel: &Path) -> String {
-    if rel.as_os_str().is_empty() {
-        ".".to_owned()
-    } else {
-        escape(rel.as_os_str())
-    }
+    if rel.as_os_str().is_empty() { ".".to_owned() } else { escape(rel.as_os_str()) }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -224,9 +220,7 @@ pub struct TreeDiff {
 impl TreeDiff {
     /// True if `path` (relative; `""` is the root) has a difference of kind `what`.
     pub fn has(&self, path: impl AsRef<Path>, what: What) -> bool {
-        self.diffs
-            .iter()
-            .any(|d| d.path == path.as_ref() && d.what == what)
+        self.diffs.iter().any(|d| d.path == path.as_ref() && d.what == what)
     }
 
     /// The kinds of difference found, in order.
@@ -237,11 +231,7 @@ impl TreeDiff {
 
 impl fmt::Display for TreeDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{} difference(s) between SOURCE and REPLICA:",
-            self.diffs.len()
-        )?;
+        writeln!(f, "{} difference(s) between SOURCE and REPLICA:", self.diffs.len())?;
         for d in &self.diffs {
             writeln!(f, "  {d}")?;
         }
@@ -271,10 +261,7 @@ pub struct CompareOptions<'a> {
 
 impl Default for CompareOptions<'_> {
     fn default() -> Self {
-        CompareOptions {
-            skip_owner: false,
-            exclude: &exclude_nothing,
-        }
+        CompareOptions { skip_owner: false, exclude: &exclude_nothing }
     }
 }
 
@@ -318,11 +305,7 @@ fn list(root: &Path, exclude: &dyn Fn(&Path) -> bool) -> (Listing, Vec<(PathBuf,
     for entry in walk {
         match entry {
             Ok(e) => {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap_or(e.path())
-                    .to_path_buf();
+                let rel = e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf();
                 let md = if e.depth() == 0 {
                     fs::metadata(e.path())
                 } else {
@@ -368,12 +351,7 @@ pub fn compare_with(src: &Path, dst: &Path, opts: &CompareOptions<'_>) -> Result
     let (dst_nodes, dst_errors) = list(dst, opts.exclude);
     let mut diffs = Vec::new();
     let mut push = |path: &Path, what, source: String, replica: String| {
-        diffs.push(Difference {
-            path: path.to_path_buf(),
-            what,
-            source,
-            replica,
-        });
+        diffs.push(Difference { path: path.to_path_buf(), what, source, replica });
     };
     for (rel, err) in &src_errors {
         push(rel, What::Unreadable, err.clone(), "-".into());
@@ -392,60 +370,34 @@ pub fn compare_with(src: &Path, dst: &Path, opts: &CompareOptions<'_>) -> Result
         }
         match s.kind {
             Kind::File if s.size != d.size => {
-                push(
-                    rel,
-                    What::Content,
-                    format!("size {}", s.size),
-                    format!("size {}", d.size),
-                );
+                push(rel, What::Content, format!("size {}", s.size), format!("size {}", d.size));
             }
             Kind::File => match first_difference(&src.join(rel), &dst.join(rel)) {
                 Ok(None) => {}
-                Ok(Some(at)) => push(
-                    rel,
-                    What::Content,
-                    format!("bytes differ at offset {at}"),
-                    String::new(),
-                ),
-                Err(err) => push(
-                    rel,
-                    What::Unreadable,
-                    format!("reading content: {err}"),
-                    String::new(),
-                ),
+                Ok(Some(at)) => {
+                    push(rel, What::Content, format!("bytes differ at offset {at}"), String::new())
+                }
+                Err(err) => {
+                    push(rel, What::Unreadable, format!("reading content: {err}"), String::new())
+                }
             },
             Kind::Symlink if s.target != d.target => {
                 let t = |n: &Node| n.target.as_deref().map(escape).unwrap_or_default();
                 push(rel, What::Target, t(s), t(d));
             }
             Kind::CharDev | Kind::BlockDev if s.rdev != d.rdev => {
-                push(
-                    rel,
-                    What::Rdev,
-                    format!("{:#x}", s.rdev),
-                    format!("{:#x}", d.rdev),
-                );
+                push(rel, What::Rdev, format!("{:#x}", s.rdev), format!("{:#x}", d.rdev));
             }
             _ => {}
         }
         if s.kind != Kind::Symlink && s.mode != d.mode {
-            push(
-                rel,
-                What::Mode,
-                format!("{:04o}", s.mode),
-                format!("{:04o}", d.mode),
-            );
+            push(rel, What::Mode, format!("{:04o}", s.mode), format!("{:04o}", d.mode));
         }
         if matches!(s.kind, Kind::File | Kind::Dir | Kind::Symlink) && s.mtime != d.mtime {
             push(rel, What::Mtime, fmt_mtime(s.mtime), fmt_mtime(d.mtime));
         }
         if !opts.skip_owner && (s.uid, s.gid) != (d.uid, d.gid) {
-            push(
-                rel,
-                What::Owner,
-                format!("{}:{}", s.uid, s.gid),
-                format!("{}:{}", d.uid, d.gid),
-            );
+            push(rel, What::Owner, format!("{}:{}", s.uid, s.gid), format!("{}:{}", d.uid, d.gid));
         }
     }
     for (rel, d) in &dst_nodes {
@@ -527,11 +479,8 @@ pub fn snapshot(root: &Path) -> Vec<SnapEntry> {
     let mut out = Vec::new();
     for entry in WalkDir::new(root).follow_links(false).sort_by_file_name() {
         let e = entry.unwrap_or_else(|err| panic!("snapshot of {}: {err}", root.display()));
-        let md = if e.depth() == 0 {
-            fs::metadata(e.path())
-        } else {
-            fs::symlink_metadata(e.path())
-        };
+        let md =
+            if e.depth() == 0 { fs::metadata(e.path()) } else { fs::symlink_metadata(e.path()) };
         let md = md.unwrap_or_else(|err| panic!("snapshot: lstat {}: {err}", e.path().display()));
         let node = Node::read(e.path(), &md)
             .unwrap_or_else(|err| panic!("snapshot: {}: {err}", e.path().display()));
@@ -542,11 +491,7 @@ pub fn snapshot(root: &Path) -> Vec<SnapEntry> {
             0
         };
         out.push(SnapEntry {
-            path: e
-                .path()
-                .strip_prefix(root)
-                .unwrap_or(e.path())
-                .to_path_buf(),
+            path: e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf(),
             kind: node.kind,
             mode: node.mode,
             size: node.size,
@@ -582,11 +527,8 @@ pub fn assert_unchanged(what: &str, before: &[SnapEntry], after: &[SnapEntry]) {
     if before == after {
         return;
     }
-    let index = |s: &[SnapEntry]| {
-        s.iter()
-            .map(|e| (e.path.clone(), e.clone()))
-            .collect::<BTreeMap<_, _>>()
-    };
+    let index =
+        |s: &[SnapEntry]| s.iter().map(|e| (e.path.clone(), e.clone())).collect::<BTreeMap<_, _>>();
     let (b, a) = (index(before), index(after));
     let mut report = String::new();
     for (path, eb) in &b {
@@ -674,11 +616,7 @@ impl Dir {
 
     /// Creates a character device node `major:minor` (needs root).
     pub fn chardev(&self, rel: impl AsRef<Path>, major: u32, minor: u32) -> &Self {
-        self.mknod(
-            rel,
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::makedev(major, minor),
-        )
+        self.mknod(rel, rustix::fs::FileType::CharacterDevice, rustix::fs::makedev(major, minor))
     }
 
     fn mknod(&self, rel: impl AsRef<Path>, ft: rustix::fs::FileType, dev: u64) -> &Self {
@@ -734,11 +672,7 @@ impl Dir {
     pub fn remove(&self, rel: impl AsRef<Path>) -> &Self {
         let p = self.join(rel);
         let md = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
-        let r = if md.is_dir() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        };
+        let r = if md.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
         r.unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
         self
     }
@@ -748,11 +682,7 @@ impl Dir {
         let to = to.as_ref();
         self.parents(to);
         fs::rename(self.join(&from), self.join(to)).unwrap_or_else(|e| {
-            panic!(
-                "rename {} -> {}: {e}",
-                from.as_ref().display(),
-                to.display()
-            )
+            panic!("rename {} -> {}: {e}", from.as_ref().display(), to.display())
         });
         self
     }
@@ -770,9 +700,7 @@ impl Dir {
 
     /// The type of the entry at `rel`, if there is one.
     pub fn kind(&self, rel: impl AsRef<Path>) -> Option<Kind> {
-        fs::symlink_metadata(self.join(rel))
-            .ok()
-            .map(|md| Kind::of(&md))
+        fs::symlink_metadata(self.join(rel)).ok().map(|md| Kind::of(&md))
     }
 
     /// `lstat` of `rel`.
@@ -797,14 +725,8 @@ impl Dir {
 /// Sets the mtime of `path` without following a final symlink; atime is left alone.
 pub fn set_mtime(path: &Path, secs: i64, nanos: u32) {
     let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: secs,
-            tv_nsec: i64::from(nanos),
-        },
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec { tv_sec: secs, tv_nsec: i64::from(nanos) },
     };
     rustix::fs::utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW)
         .unwrap_or_else(|e| panic!("utimensat {}: {e}", path.display()));
@@ -835,18 +757,12 @@ impl std::ops::Deref for Tree {
 impl Tree {
     /// A new temp directory holding an empty `src/` and no `dst/`.
     pub fn new() -> Tree {
-        let tmp = tempfile::Builder::new()
-            .prefix("replicad-test.")
-            .tempdir()
-            .expect("create temp dir");
+        let tmp =
+            tempfile::Builder::new().prefix("replicad-test.").tempdir().expect("create temp dir");
         let source = Dir::at(tmp.path().join("src"));
         let replica = Dir::at(tmp.path().join("dst"));
         fs::create_dir(source.path()).expect("create src");
-        Tree {
-            tmp,
-            source,
-            replica,
-        }
+        Tree { tmp, source, replica }
     }
 
     /// The temp directory holding both roots (for other fixtures and logs).
@@ -892,20 +808,14 @@ impl Tree {
     /// `replicad --once SRC DST extra...`, run to completion (bounded by [`RUN_TIMEOUT`]).
     pub fn once(&self, extra: &[&str]) -> Run {
         let mut cmd = replicad();
-        cmd.arg("--once")
-            .arg(self.src())
-            .arg(self.dst())
-            .args(extra);
+        cmd.arg("--once").arg(self.src()).arg(self.dst()).args(extra);
         Run::of(&mut cmd)
     }
 
     /// Like [`Tree::once`], but as the unprivileged user `nobody` (see [`Tree::give_to`]).
     pub fn once_as_nobody(&self, extra: &[&str]) -> Run {
         let mut cmd = as_nobody();
-        cmd.arg("--once")
-            .arg(self.src())
-            .arg(self.dst())
-            .args(extra);
+        cmd.arg("--once").arg(self.src()).arg(self.dst()).args(extra);
         Run::of(&mut cmd)
     }
 
@@ -938,12 +848,8 @@ pub fn replicad() -> assert_cmd::Command {
 /// The binary run through `setpriv` as `nobody`, no supplementary groups.
 pub fn as_nobody() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::new("setpriv");
-    cmd.args([
-        format!("--reuid={NOBODY}"),
-        format!("--regid={NOBODY}"),
-        "--clear-groups".into(),
-    ])
-    .arg(bin());
+    cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into()])
+        .arg(bin());
     clean_env(&mut cmd);
     cmd.timeout(RUN_TIMEOUT);
     cmd
@@ -988,11 +894,7 @@ impl Run {
     /// Panics, showing the output, unless the exit status is `code`.
     #[track_caller]
     pub fn assert_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(code),
-            "unexpected exit status; output:\n{self}"
-        );
+        assert_eq!(self.code, Some(code), "unexpected exit status; output:\n{self}");
         self
     }
 
@@ -1024,9 +926,7 @@ impl fmt::Display for Run {
 
 /// The lines of a log that record a change.
 pub fn action_lines(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| l.contains("action=") || l.contains("\"action\":"))
-        .collect()
+    log.lines().filter(|l| l.contains("action=") || l.contains("\"action\":")).collect()
 }
 
 /// True if a text log line carries `action=<action>` and `path=<path>` as whole fields
@@ -1052,19 +952,12 @@ pub struct Service {
 impl Service {
     /// Spawns the binary with `args`, stderr to a fresh file under `dir`.
     pub fn start(dir: &Path, args: &[OsString]) -> Service {
-        let log = dir.join(format!(
-            "service-{}.stderr",
-            SERVICES.fetch_add(1, Ordering::Relaxed)
-        ));
+        let log = dir.join(format!("service-{}.stderr", SERVICES.fetch_add(1, Ordering::Relaxed)));
         let file = File::create(&log).expect("create service log");
         let mut cmd = std::process::Command::new(bin());
-        for var in [
-            "RUST_LOG",
-            "REPLICAD_SOURCE",
-            "REPLICAD_REPLICA",
-            "NOTIFY_SOCKET",
-            "WATCHDOG_USEC",
-        ] {
+        for var in
+            ["RUST_LOG", "REPLICAD_SOURCE", "REPLICAD_REPLICA", "NOTIFY_SOCKET", "WATCHDOG_USEC"]
+        {
             cmd.env_remove(var);
         }
         let child = cmd
@@ -1193,17 +1086,9 @@ pub fn compare_chain(src: &Path, dst: &Path) -> Result<usize, String> {
     // Root attributes first (like the walkdir comparer).
     let stat_fd = |fd: &OwnedFd| rustix::fs::fstat(fd).map_err(|e| e.to_string());
     let (rs, rd) = (stat_fd(&s)?, stat_fd(&d)?);
-    if (
-        rs.st_mode & 0o7777,
-        rs.st_mtime,
-        rs.st_mtime_nsec,
-        rs.st_uid,
-    ) != (
-        rd.st_mode & 0o7777,
-        rd.st_mtime,
-        rd.st_mtime_nsec,
-        rd.st_uid,
-    ) {
+    if (rs.st_mode & 0o7777, rs.st_mtime, rs.st_mtime_nsec, rs.st_uid)
+        != (rd.st_mode & 0o7777, rd.st_mtime, rd.st_mtime_nsec, rd.st_uid)
+    {
         return Err("root attributes differ".into());
     }
     let mut depth = 0;
@@ -1217,12 +1102,8 @@ pub fn compare_chain(src: &Path, dst: &Path) -> Result<usize, String> {
         if ns != nd {
             return Err(format!(
                 "depth {depth}: names differ: source {:?} / replica {:?}",
-                ns.iter()
-                    .map(|n| escape(OsStr::from_bytes(n)))
-                    .collect::<Vec<_>>(),
-                nd.iter()
-                    .map(|n| escape(OsStr::from_bytes(n)))
-                    .collect::<Vec<_>>()
+                ns.iter().map(|n| escape(OsStr::from_bytes(n))).collect::<Vec<_>>(),
+                nd.iter().map(|n| escape(OsStr::from_bytes(n))).collect::<Vec<_>>()
             ));
         }
         let mut next = None;
@@ -1234,14 +1115,7 @@ pub fn compare_chain(src: &Path, dst: &Path) -> Result<usize, String> {
             };
             let (a, b) = (st(&s)?, st(&d)?);
             let key = |x: &rustix::fs::Stat| {
-                (
-                    x.st_mode,
-                    x.st_mtime,
-                    x.st_mtime_nsec,
-                    x.st_uid,
-                    x.st_gid,
-                    x.st_size,
-                )
+                (x.st_mode, x.st_mtime, x.st_mtime_nsec, x.st_uid, x.st_gid, x.st_size)
             };
             if key(&a) != key(&b) {
                 return Err(format!(
@@ -1256,9 +1130,7 @@ pub fn compare_chain(src: &Path, dst: &Path) -> Result<usize, String> {
                     if next.is_some() {
                         return Err(format!("{}: more than one subdirectory", where_(name)));
                     }
-                    let name_str = std::str::from_utf8(name)
-                        .map_err(|e| e.to_string())?
-                        .to_owned();
+                    let name_str = std::str::from_utf8(name).map_err(|e| e.to_string())?.to_owned();
                     next = Some(name_str);
                 }
                 rustix::fs::FileType::RegularFile => {
@@ -1271,9 +1143,7 @@ pub fn compare_chain(src: &Path, dst: &Path) -> Result<usize, String> {
                         )
                         .map_err(|e| e.to_string())?;
                         let mut v = Vec::new();
-                        File::from(f)
-                            .read_to_end(&mut v)
-                            .map_err(|e| e.to_string())?;
+                        File::from(f).read_to_end(&mut v).map_err(|e| e.to_string())?;
                         Ok(v)
                     };
                     if read(&s)? != read(&d)? {
