@@ -6,6 +6,7 @@
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
 //! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
+//! - `service`: the long-running service (events, passes, signals, guard, systemd).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
 mod support;
@@ -13,3 +14,4 @@ mod support;
 mod comparer;
 mod once;
 mod prop;
+mod service;

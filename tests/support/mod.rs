@@ -826,6 +826,20 @@ impl Tree {
         args.extend(extra.iter().map(OsString::from));
         Service::start(self.base(), &args)
     }
+
+    /// `replicad SRC DST extra...` as a command not yet started, for a test to give it an
+    /// environment (`NOTIFY_SOCKET`, say) before [`Tree::spawn_command`].
+    pub fn service_command(&self, extra: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg(self.src()).arg(self.dst()).args(extra);
+        cmd
+    }
+
+    /// Starts `cmd` as a service, its stderr in a file in the temp dir (see
+    /// [`Service::start_command`]).
+    pub fn spawn_command(&self, cmd: std::process::Command) -> Service {
+        Service::start_command(self.base(), cmd)
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -855,19 +869,22 @@ pub fn as_nobody() -> assert_cmd::Command {
     cmd
 }
 
+/// The environment variables replicad reads; a developer's values must not leak into tests.
+const OWN_ENV: [&str; 10] = [
+    "RUST_LOG",
+    "REPLICAD_SOURCE",
+    "REPLICAD_REPLICA",
+    "REPLICAD_INTERVAL",
+    "REPLICAD_LOG_FILE",
+    "REPLICAD_DEBOUNCE",
+    "REPLICAD_JOBS",
+    "REPLICAD_LOG_FORMAT",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+];
+
 fn clean_env(cmd: &mut assert_cmd::Command) {
-    for var in [
-        "RUST_LOG",
-        "REPLICAD_SOURCE",
-        "REPLICAD_REPLICA",
-        "REPLICAD_INTERVAL",
-        "REPLICAD_LOG_FILE",
-        "REPLICAD_DEBOUNCE",
-        "REPLICAD_JOBS",
-        "REPLICAD_LOG_FORMAT",
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-    ] {
+    for var in OWN_ENV {
         cmd.env_remove(var);
     }
 }
@@ -943,6 +960,35 @@ pub fn has_action(log: &str, action: &str, path: &str) -> bool {
 
 static SERVICES: AtomicUsize = AtomicUsize::new(0);
 
+/// What the summary line of every full pass contains.
+pub const PASS_COMPLETE: &str = "pass complete";
+
+/// Hard bound on a service's start and first pass.
+pub const FIRST_PASS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The prefix of replicad's temporary names in REPLICA (SPEC §4).
+pub const TEMP_PREFIX: &str = ".replicad.tmp.";
+
+/// Every entry under `root` whose name starts with [`TEMP_PREFIX`] (none if `root` is
+/// missing; entries that vanish during the walk are passed over).
+pub fn temp_leftovers(root: &Path) -> Vec<PathBuf> {
+    WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+        .map(|e| e.path().to_path_buf())
+        .collect()
+}
+
+/// True if two regular files have the same size and bytes.
+pub fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
+    if fs::metadata(a)?.len() != fs::metadata(b)?.len() {
+        return Ok(false);
+    }
+    Ok(first_difference(a, b)?.is_none())
+}
+
 /// A running `replicad` service; killed (SIGKILL) and reaped on drop if still running.
 pub struct Service {
     child: Child,
@@ -952,16 +998,22 @@ pub struct Service {
 impl Service {
     /// Spawns the binary with `args`, stderr to a fresh file under `dir`.
     pub fn start(dir: &Path, args: &[OsString]) -> Service {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(args);
+        Service::start_command(dir, cmd)
+    }
+
+    /// Spawns `cmd` (the binary, or a wrapper that `exec`s it, so the child's pid is the
+    /// service's) with replicad's own environment variables cleared unless `cmd` sets them,
+    /// no stdin/stdout, and stderr to a fresh file under `dir`.
+    pub fn start_command(dir: &Path, mut cmd: std::process::Command) -> Service {
         let log = dir.join(format!("service-{}.stderr", SERVICES.fetch_add(1, Ordering::Relaxed)));
         let file = File::create(&log).expect("create service log");
-        let mut cmd = std::process::Command::new(bin());
-        for var in
-            ["RUST_LOG", "REPLICAD_SOURCE", "REPLICAD_REPLICA", "NOTIFY_SOCKET", "WATCHDOG_USEC"]
-        {
+        let set: Vec<OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        for var in OWN_ENV.iter().filter(|v| !set.iter().any(|s| s == **v)) {
             cmd.env_remove(var);
         }
         let child = cmd
-            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
@@ -980,16 +1032,73 @@ impl Service {
         String::from_utf8_lossy(&fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
+    /// Sends `sig` to the service (ignored if it has already exited).
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        self.signal(rustix::process::Signal::TERM);
     }
 
     /// Sends SIGINT.
     pub fn interrupt(&self) {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        self.signal(rustix::process::Signal::INT);
+    }
+
+    /// Freezes the process (SIGSTOP); [`Service::resume`] thaws it.
+    pub fn freeze(&self) {
+        self.signal(rustix::process::Signal::STOP);
+    }
+
+    /// Thaws a frozen process (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(rustix::process::Signal::CONT);
+    }
+
+    /// Kills the process outright (SIGKILL, as a crash or `kill -9` would) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The number of log lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Waits up to `deadline` for a log line containing `needle`.
+    pub fn wait_log(&self, deadline: Duration, needle: &str) -> bool {
+        wait_until(deadline, || self.log().contains(needle))
+    }
+
+    /// Waits for the summary line of the first full pass; panics with the log after
+    /// [`FIRST_PASS_TIMEOUT`] (or if the service died first).
+    #[track_caller]
+    pub fn wait_first_pass(&mut self) {
+        let mut exited = None;
+        let seen = wait_until(FIRST_PASS_TIMEOUT, || {
+            exited = self.child.try_wait().ok().flatten();
+            exited.is_some() || self.log().contains(PASS_COMPLETE)
+        });
+        assert!(
+            seen && exited.is_none(),
+            "no first pass within {FIRST_PASS_TIMEOUT:?} (exit: {exited:?}); log:\n{}",
+            self.log()
+        );
+    }
+
+    /// The log written after the first pass's summary line (empty if there was none yet).
+    pub fn log_after_first_pass(&self) -> String {
+        let log = self.log();
+        match log.find(PASS_COMPLETE) {
+            Some(at) => {
+                log[at..].split_once('\n').map(|(_, rest)| rest.to_owned()).unwrap_or_default()
+            }
+            None => String::new(),
+        }
     }
 
     /// Waits up to `deadline` for the process to exit.

@@ -1,0 +1,532 @@
+//! The long-running service against SPEC.md §4: the real binary, real inotify, real signals.
+//!
+//! Event tests run with `--interval 1h`, so only the watcher can explain a replica that
+//! catches up within seconds: each one starts the service, waits for the first pass's
+//! summary line, changes SOURCE, waits (with a deadline) until the oracle finds the trees
+//! equal, then asserts with the strict comparer. The rest cover what only a process shows:
+//! periodic passes, undoing edits made in REPLICA, SIGTERM/SIGINT/SIGKILL in the middle of
+//! a large copy, the run-time deletion guard, systemd's READY=1/STOPPING=1, the watch limit
+//! (in a user namespace, NOTES.md §1.10), event queue overflow (SIGSTOP) and the
+//! `--checksum` feedback loop. No test sleeps to wait: pauses that are part of a scenario
+//! (appending for 3 s, watching an idle service) say so.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_unchanged, bin, compare,
+    has_action, same_content, snapshot, temp_leftovers, wait_until,
+};
+
+/// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
+/// loaded 2-core CI machine, not an expectation).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Only the watcher (or an explicit full-pass request) can act within a test's lifetime.
+const EVENTS_ONLY: &[&str] = &["--interval", "1h"];
+
+/// Starts `replicad SRC DST extra...` and waits for its first pass.
+fn running(t: &Tree, extra: &[&str]) -> Service {
+    let mut svc = t.spawn(extra);
+    svc.wait_first_pass();
+    svc
+}
+
+/// Waits up to `deadline` until REPLICA compares equal to SOURCE, then asserts it strictly;
+/// on failure, the difference and the service log are shown.
+#[track_caller]
+fn assert_converges_within(t: &Tree, svc: &Service, deadline: Duration) {
+    if !wait_until(deadline, || compare(t.src(), t.dst()).is_ok()) {
+        let diff = compare(t.src(), t.dst()).err().map(|d| d.to_string()).unwrap_or_default();
+        panic!("REPLICA did not converge within {deadline:?}\n{diff}\nservice log:\n{}", svc.log());
+    }
+    assert_same(t.src(), t.dst());
+}
+
+#[track_caller]
+fn assert_converges(t: &Tree, svc: &Service) {
+    assert_converges_within(t, svc, CONVERGE);
+}
+
+/// One event case: build SOURCE, start the service on events only, change SOURCE, and see
+/// REPLICA follow. Returns the service for log checks.
+#[track_caller]
+fn event_case(setup: impl FnOnce(&Tree), change: impl FnOnce(&Tree)) -> (Tree, Service) {
+    let t = Tree::new();
+    setup(&t);
+    let svc = running(&t, EVENTS_ONLY);
+    assert_same(t.src(), t.dst());
+    change(&t);
+    assert_converges(&t, &svc);
+    (t, svc)
+}
+
+fn nothing(_: &Tree) {}
+
+/// Appends `bytes` to the SOURCE file `rel`.
+fn append(t: &Tree, rel: &str, bytes: &[u8]) {
+    let mut f = OpenOptions::new().append(true).open(t.join(rel)).expect("open for append");
+    f.write_all(bytes).expect("append");
+}
+
+/// `count` files of a few bytes each, named `dir/f00000`...
+fn many_files(t: &Tree, dir: &str, count: usize) {
+    t.dir(dir);
+    for i in 0..count {
+        fs::write(t.join(format!("{dir}/f{i:05}")), format!("file {i}\n")).expect("write");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Single changes, picked up by events
+
+#[test]
+fn created_file_appears() {
+    event_case(nothing, |t| {
+        t.file("new.txt", b"fresh");
+    });
+}
+
+#[test]
+fn file_rewritten_with_same_size_is_updated() {
+    event_case(
+        |t| {
+            t.file("a", b"hello");
+        },
+        |t| {
+            // Same size, new bytes; the write gives it a new mtime (the first pass took
+            // well over one timestamp tick since the file was written).
+            t.file("a", b"world");
+        },
+    );
+}
+
+#[test]
+fn appended_file_is_updated() {
+    event_case(
+        |t| {
+            t.file("log", b"line 1\n");
+        },
+        |t| append(t, "log", b"line 2\n"),
+    );
+}
+
+#[test]
+fn deleted_file_is_removed() {
+    event_case(
+        |t| {
+            t.file("a", b"x").file("keep", b"y");
+        },
+        |t| {
+            t.remove("a");
+        },
+    );
+}
+
+#[test]
+fn chmod_is_mirrored() {
+    event_case(
+        |t| {
+            t.file("a", b"x").chmod("a", 0o644);
+        },
+        |t| {
+            t.chmod("a", 0o600);
+        },
+    );
+}
+
+#[test]
+fn touch_mtime_only_is_mirrored() {
+    event_case(
+        |t| {
+            t.file("a", b"x");
+        },
+        |t| {
+            t.mtime("a", 1_600_000_000, 123_456_789);
+        },
+    );
+}
+
+#[test]
+fn mkdir_p_with_a_file_at_the_bottom_appears() {
+    event_case(nothing, |t| {
+        t.file("a/b/c/d/e/bottom.txt", b"deep");
+    });
+}
+
+#[test]
+fn renamed_file_is_renamed_in_replica() {
+    let (_t, svc) = event_case(
+        |t| {
+            t.file("old", b"content");
+        },
+        |t| {
+            t.rename("old", "new");
+        },
+    );
+    let after = svc.log_after_first_pass();
+    assert!(has_action(&after, "rename", "new"), "no rename of old -> new:\n{after}");
+    assert!(after.contains("from=old"), "the rename line names its origin:\n{after}");
+}
+
+#[test]
+fn renamed_directory_of_2000_files_is_one_rename_not_copies() {
+    let (_t, svc) = event_case(
+        |t| many_files(t, "big", 2000),
+        |t| {
+            t.rename("big", "moved");
+        },
+    );
+    let after = svc.log_after_first_pass();
+    let actions = action_lines(&after);
+    let renames: Vec<_> = actions.iter().filter(|l| l.contains("action=rename")).collect();
+    assert_eq!(renames.len(), 1, "exactly one rename after the first pass:\n{after}");
+    assert!(has_action(&after, "rename", "moved") && renames[0].contains("from=big"), "{after}");
+    let copies = actions.iter().filter(|l| l.contains("action=copy")).count();
+    assert_eq!(copies, 0, "no file was copied again after the rename:\n{after}");
+}
+
+#[test]
+fn burst_of_5000_new_files_arrives() {
+    event_case(nothing, |t| {
+        for d in 0..50 {
+            many_files(t, &format!("burst/{d:02}"), 100);
+        }
+    });
+}
+
+#[test]
+fn file_appended_continuously_converges_once_quiet() {
+    event_case(
+        |t| {
+            t.file("growing", b"");
+        },
+        |t| {
+            // The scenario itself: a writer appends every ~5 ms for 3 s, then stops.
+            let end = Instant::now() + Duration::from_secs(3);
+            let mut n = 0u64;
+            while Instant::now() < end {
+                append(t, "growing", format!("record {n}\n").as_bytes());
+                n += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        },
+    );
+}
+
+#[test]
+fn created_symlink_appears() {
+    event_case(
+        |t| {
+            t.file("target", b"x");
+        },
+        |t| {
+            t.symlink("link", "target").symlink("dangling", "/no/such/place");
+        },
+    );
+}
+
+#[test]
+fn created_fifo_appears() {
+    event_case(nothing, |t| {
+        t.fifo("pipe");
+    });
+}
+
+#[test]
+fn deleted_directory_tree_is_removed() {
+    event_case(
+        |t| {
+            t.file("tree/a/b/c/leaf", b"1")
+                .file("tree/a/x", b"2")
+                .symlink("tree/a/b/l", "../x")
+                .dir("tree/empty")
+                .file("other", b"stays");
+        },
+        |t| {
+            t.remove("tree");
+        },
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Periodic passes
+
+#[test]
+fn without_watcher_passes_alone_converge() {
+    let t = Tree::new();
+    t.file("a", b"1");
+    let svc = running(&t, &["--no-watch", "--interval", "1s"]);
+    t.file("b/c", b"2").remove("a");
+    assert_converges(&t, &svc);
+}
+
+#[test]
+fn edits_made_in_replica_are_undone_by_the_next_pass() {
+    let t = Tree::new();
+    t.file("a", b"original").file("d/b", b"kept");
+    let svc = running(&t, &["--interval", "1s"]);
+    assert_same(t.src(), t.dst());
+    t.replica().file("stray", b"not in source").file("a", b"tampered!").chmod("d/b", 0o600);
+    assert_converges(&t, &svc);
+}
+
+#[test]
+fn checksum_on_an_idle_tree_does_not_feed_back() {
+    let t = Tree::new();
+    many_files(&t, "files", 200);
+    let svc = running(&t, &["--checksum", "--interval", "1s"]);
+    // The scenario itself: an idle tree watched for 4 s. replicad's MD5 reads of SOURCE
+    // must not come back as events and cause work.
+    std::thread::sleep(Duration::from_secs(4));
+    let log = svc.log();
+    let passes = svc.count(PASS_COMPLETE);
+    assert!((3..=6).contains(&passes), "about one pass per second, got {passes}:\n{log}");
+    let after = svc.log_after_first_pass();
+    let churn: Vec<_> = action_lines(&after)
+        .into_iter()
+        .filter(|l| l.contains("action=update") || l.contains("action=attrs"))
+        .collect();
+    assert!(churn.is_empty(), "an idle tree was changed again:\n{}", churn.join("\n"));
+    assert_same(t.src(), t.dst());
+}
+
+// ------------------------------------------------------------------------------------------
+// Signals
+
+#[test]
+fn sigterm_and_sigint_both_stop_cleanly() {
+    for (name, stop) in
+        [("SIGTERM", Service::terminate as fn(&Service)), ("SIGINT", Service::interrupt)]
+    {
+        let t = Tree::new();
+        t.file("a", b"x");
+        let mut svc = running(&t, EVENTS_ONLY);
+        stop(&svc);
+        let status = svc.wait_exit(Duration::from_secs(5));
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "{name}: exit status; log:\n{}",
+            svc.log()
+        );
+        let log = svc.log();
+        assert!(log.contains("stopping") && log.contains("stopped"), "{name}:\n{log}");
+    }
+}
+
+/// One GiB: the size the brief asks for. Written for real (a repeating non-zero 1 MiB
+/// block), so the copy has to move every byte; on this machine it takes about a second.
+const BIG: usize = 1 << 30;
+
+fn big_file(t: &Tree, rel: &str) {
+    let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251 + 1) as u8).collect();
+    let mut f = io::BufWriter::new(File::create(t.join(rel)).expect("create big file"));
+    for _ in 0..BIG / block.len() {
+        f.write_all(&block).expect("write big file");
+    }
+    f.flush().expect("flush big file");
+}
+
+/// Starts the service on a SOURCE holding a 1 GiB file and returns once the copy is under
+/// way (a temporary file is in REPLICA). Panics if the copy is never seen in flight.
+fn mid_big_copy(t: &Tree) -> Service {
+    big_file(t, "big.bin");
+    t.file("small", b"s");
+    let svc = t.spawn(EVENTS_ONLY);
+    let seen = wait_until(Duration::from_secs(30), || {
+        !temp_leftovers(t.dst()).is_empty() || svc.log().contains(PASS_COMPLETE)
+    });
+    assert!(
+        seen && !temp_leftovers(t.dst()).is_empty(),
+        "the big copy was never seen in flight; log:\n{}",
+        svc.log()
+    );
+    svc
+}
+
+#[test]
+fn sigterm_during_a_1gib_copy_exits_promptly_and_leaves_nothing_torn() {
+    let t = Tree::new();
+    let mut svc = mid_big_copy(&t);
+    let asked = Instant::now();
+    svc.terminate();
+    let status = svc.wait_exit(Duration::from_secs(10));
+    let took = asked.elapsed();
+    let log = svc.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status; log:\n{log}");
+    // SPEC: "within a couple of seconds" (2 s grace); 3 s leaves room for a loaded CI box.
+    assert!(took < Duration::from_secs(3), "took {took:?} to stop; log:\n{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert_eq!(temp_leftovers(t.dst()), Vec::<std::path::PathBuf>::new(), "{log}");
+    let copy = t.replica().join("big.bin");
+    if copy.exists() {
+        assert!(same_content(&t.join("big.bin"), &copy).expect("read"), "torn copy; {log}");
+    }
+}
+
+#[test]
+fn kill_9_during_a_1gib_copy_then_once_converges() {
+    let t = Tree::new();
+    let mut svc = mid_big_copy(&t);
+    svc.kill();
+    assert!(!temp_leftovers(t.dst()).is_empty(), "precondition: a crash leaves a temp file");
+    t.once(&[]).assert_code(0);
+    assert_same(t.src(), t.dst());
+    assert_eq!(temp_leftovers(t.dst()), Vec::<std::path::PathBuf>::new());
+}
+
+// ------------------------------------------------------------------------------------------
+// Deletion guard at run time
+
+#[test]
+#[ignore = "bug: a requested full pass (overflow, SOURCE moved, guard re-check) waits for \
+            the next interval tick; with --interval 1h it never runs, and SIGTERM is not heard \
+            meanwhile (src/service.rs serve loop: only the tick branch of wait_for_next_pass \
+            resets the interval)"]
+fn source_moved_away_trips_the_guard_and_its_return_is_followed() {
+    let t = Tree::new();
+    t.file("a", b"1").file("d/b", b"2").symlink("l", "a");
+    let svc = running(&t, EVENTS_ONLY);
+    assert_same(t.src(), t.dst());
+    let before = snapshot(t.dst());
+    let away = t.base().join("src.away");
+    fs::rename(t.src(), &away).expect("move SOURCE away");
+    assert!(
+        svc.wait_log(CONVERGE, "deletion guard"),
+        "no deletion guard error after SOURCE vanished; log:\n{}",
+        svc.log()
+    );
+    assert_unchanged("REPLICA while SOURCE was away", &before, &snapshot(t.dst()));
+    fs::rename(&away, t.src()).expect("move SOURCE back");
+    t.file("new", b"after the return");
+    // The guard re-checks every ~3 s; then a pass (or the re-armed watch) brings `new`.
+    assert_converges(&t, &svc);
+}
+
+#[test]
+#[ignore = "bug: after a full-pass request the serve loop awaits the next interval tick \
+            without watching for cancellation: SIGTERM logs `received` but the service does \
+            not stop (src/service.rs serve loop)"]
+fn sigterm_right_after_a_full_pass_request_stops_promptly() {
+    let t = Tree::new();
+    t.file("a", b"1");
+    let mut svc = running(&t, EVENTS_ONLY);
+    // Moving SOURCE away is the simplest way to make the watcher ask for a full pass.
+    fs::rename(t.src(), t.base().join("src.away")).expect("move SOURCE away");
+    assert!(svc.wait_log(CONVERGE, "full pass requested"), "log:\n{}", svc.log());
+    let asked = Instant::now();
+    svc.terminate();
+    let status = svc.wait_exit(Duration::from_secs(5));
+    let log = svc.log();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit status; log:\n{log}");
+    assert!(asked.elapsed() < Duration::from_secs(3), "took {:?}; log:\n{log}", asked.elapsed());
+    assert!(log.contains("stopped"), "{log}");
+}
+
+// ------------------------------------------------------------------------------------------
+// systemd notification
+
+/// Datagrams received on `sock` until one contains `needle` or `deadline` passes.
+fn receive_until(sock: &UnixDatagram, deadline: Duration, needle: &str) -> (bool, Vec<String>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let found = wait_until(deadline, || {
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        got.iter().any(|m| m.contains(needle))
+    });
+    (found, got)
+}
+
+#[test]
+fn notify_socket_gets_ready_after_first_pass_and_stopping_on_sigterm() {
+    let t = Tree::new();
+    t.file("a", b"x");
+    let path = t.base().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut cmd = t.service_command(EVENTS_ONLY);
+    cmd.env("NOTIFY_SOCKET", &path);
+    let mut svc = t.spawn_command(cmd);
+
+    let (ready, got) = receive_until(&sock, Duration::from_secs(30), "READY=1");
+    assert!(ready, "no READY=1; datagrams {got:?}; log:\n{}", svc.log());
+    assert!(
+        svc.log().contains(PASS_COMPLETE),
+        "READY=1 came before the first pass:\n{}",
+        svc.log()
+    );
+    assert_same(t.src(), t.dst());
+
+    svc.terminate();
+    let (stopping, got) = receive_until(&sock, Duration::from_secs(5), "STOPPING=1");
+    assert!(stopping, "no STOPPING=1; datagrams {got:?}; log:\n{}", svc.log());
+    assert_eq!(svc.wait_exit(Duration::from_secs(5)).and_then(|s| s.code()), Some(0));
+}
+
+// ------------------------------------------------------------------------------------------
+// Watch limit and queue overflow (NOTES.md §1.10)
+
+#[test]
+fn watch_limit_is_named_and_passes_still_converge() {
+    if !std::process::Command::new("unshare")
+        .args(["-Ur", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: `unshare -Ur` (an unprivileged user namespace) is not available");
+        return;
+    }
+    let t = Tree::new();
+    for i in 0..20 {
+        t.file(format!("d{i:02}/f"), b"x");
+    }
+    // A user namespace may lower its own inotify limit: 5 watches for 21 directories.
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "-Ur",
+        "sh",
+        "-c",
+        r#"echo 5 > /proc/sys/user/max_inotify_watches && exec "$0" "$@""#,
+    ])
+    .arg(bin())
+    .arg(t.src())
+    .arg(t.dst())
+    .args(["--interval", "1s"]);
+    let mut svc = t.spawn_command(cmd);
+    svc.wait_first_pass();
+    assert!(
+        svc.log().contains("max_user_watches"),
+        "no warning naming the watch limit sysctl; log:\n{}",
+        svc.log()
+    );
+    for i in 0..20 {
+        t.file(format!("d{i:02}/g"), b"later");
+    }
+    assert_converges(&t, &svc);
+}
+
+#[test]
+#[ignore = "bug: a requested full pass (overflow, SOURCE moved, guard re-check) waits for \
+            the next interval tick; with --interval 1h it never runs, and SIGTERM is not heard \
+            meanwhile (src/service.rs serve loop: only the tick branch of wait_for_next_pass \
+            resets the interval)"]
+fn queue_overflow_while_frozen_requests_a_full_pass_and_converges() {
+    let t = Tree::new();
+    t.dir("many");
+    let svc = running(&t, EVENTS_ONLY);
+    svc.freeze();
+    // ~3 inotify events per new file: far beyond the kernel's 16384-event queue.
+    many_files(&t, "many", 20_000);
+    svc.resume();
+    assert_converges_within(&t, &svc, Duration::from_secs(30));
+    let after = svc.log_after_first_pass();
+    assert!(
+        after.contains("full pass requested"),
+        "converged, but no full pass was requested after the overflow; log:\n{after}"
+    );
+}
