@@ -5,6 +5,7 @@
 //! followed. Knows nothing of when to call them.
 
 use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -87,6 +88,7 @@ pub struct CopyContext<'a> {
 #[derive(Default)]
 pub struct CopyCaps {
     no_reflink: AtomicBool,
+    no_copy_range: AtomicBool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -153,12 +155,13 @@ fn read_only_nofollow() -> OFlags {
 
 /// Opens a SOURCE file for reading without following a link and without blocking on a
 /// FIFO swapped in since it was statted; skips atime updates where allowed.
-fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
     let flags = read_only_nofollow();
-    match rustix::fs::openat(dirfd, name, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => Ok(rustix::fs::openat(dirfd, name, flags, Mode::empty())?),
-        other => Ok(other?),
-    }
+    let fd = match rustix::fs::openat(dirfd, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dirfd, name, flags, Mode::empty())?,
+        other => other?,
+    };
+    Ok(File::from(fd))
 }
 
 /// Copies the SOURCE file `name` in `src_dir` to the same name in `dst_dir`: content to a
@@ -178,7 +181,8 @@ pub fn copy_file(
     }
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut temp = TempFile { dir: dst_dir, name: ctx.temp_names.next(), live: false };
-    let tmp = rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600))?;
+    let tmp =
+        File::from(rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600))?);
     temp.live = true;
 
     let copied = copy_content(&src, &tmp, &before, ctx.caps, ctx.cancelled)?;
@@ -207,8 +211,8 @@ pub fn copy_file(
 /// holes kept for sparse files, otherwise the kernel's copy_file_range (via `io::copy`) in
 /// chunks, checking for cancellation between chunks.
 fn copy_content(
-    src: &OwnedFd,
-    tmp: &OwnedFd,
+    src: &File,
+    tmp: &File,
     before: &Entry,
     caps: &CopyCaps,
     cancelled: &dyn Fn() -> bool,
@@ -227,28 +231,47 @@ fn copy_content(
         }
     }
     if before.looks_sparse() {
-        copy_sparse(src, tmp, before.size, cancelled)
+        copy_sparse(src, tmp, before.size, caps, cancelled)
     } else {
-        copy_range(src, tmp, u64::MAX, cancelled)
+        // Up to the size seen at open: no extra call to find EOF. A file that grew is
+        // caught by the check after the copy.
+        copy_range(src, tmp, before.size, caps, cancelled)
     }
 }
 
-/// Copies from the current offsets of `src` and `tmp`, at most `limit` bytes or to EOF.
+/// Copies from the current offsets of `src` and `tmp`, at most `limit` bytes or to EOF,
+/// in chunks so cancellation is noticed. Calls copy_file_range directly (std's `io::copy`
+/// would first stat both files, two syscalls per file); where the kernel cannot do it
+/// (across filesystems on older kernels, special filesystems) `io::copy` takes over with
+/// sendfile or read/write.
 fn copy_range(
-    src: &OwnedFd,
-    tmp: &OwnedFd,
+    src: &File,
+    tmp: &File,
     limit: u64,
+    caps: &CopyCaps,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<u64, EntryErrorKind> {
-    let mut reader = std::fs::File::from(src.try_clone()?);
-    let mut writer = std::fs::File::from(tmp.try_clone()?);
+    let mut writer = tmp;
     let mut total = 0u64;
     while total < limit {
         if cancelled() {
             return Err(EntryErrorKind::Cancelled);
         }
         let chunk = COPY_CHUNK.min(limit - total);
-        let n = io::copy(&mut (&mut reader).take(chunk), &mut writer)?;
+        let n = if caps.no_copy_range.load(Ordering::Relaxed) {
+            io::copy(&mut src.take(chunk), &mut writer)?
+        } else {
+            match rustix::fs::copy_file_range(src, None, tmp, None, chunk as usize) {
+                Ok(n) => n as u64,
+                Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                    caps.no_copy_range.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                Err(Errno::INVAL) => io::copy(&mut src.take(chunk), &mut writer)?,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
         if n == 0 {
             break;
         }
@@ -260,9 +283,10 @@ fn copy_range(
 /// Copies only the data segments of a sparse file (SEEK_DATA/SEEK_HOLE), then sets the
 /// length, so holes stay holes in REPLICA.
 fn copy_sparse(
-    src: &OwnedFd,
-    tmp: &OwnedFd,
+    src: &File,
+    tmp: &File,
     size: u64,
+    caps: &CopyCaps,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<u64, EntryErrorKind> {
     use rustix::fs::{SeekFrom, seek};
@@ -276,7 +300,7 @@ fn copy_sparse(
         let hole = seek(src, SeekFrom::Hole(data))?;
         seek(src, SeekFrom::Start(data))?;
         seek(tmp, SeekFrom::Start(data))?;
-        let n = copy_range(src, tmp, hole - data, cancelled)?;
+        let n = copy_range(src, tmp, hole - data, caps, cancelled)?;
         offset = data + n;
         if n < hole - data {
             break; // the file shrank; the after-check will notice
@@ -288,7 +312,7 @@ fn copy_sparse(
 
 /// `--verify`: the copy's MD5 must equal the source's.
 fn verify_copy(
-    src: &OwnedFd,
+    src: &File,
     tmp: &OwnedFd,
     src_entry: &Entry,
     md5_cache: Option<&Md5Cache>,
