@@ -7,7 +7,6 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -111,18 +110,40 @@ pub struct DirItem {
 
 /// Every name in the directory `fd` except `.` and `..`, unsorted.
 pub fn list_dir(fd: impl AsFd) -> io::Result<Vec<DirItem>> {
-    let mut buf: Vec<MaybeUninit<u8>> = vec![MaybeUninit::uninit(); 64 * 1024];
-    let mut iter = rustix::fs::RawDir::new(fd, &mut buf);
     let mut items = Vec::new();
+    for_each_name(fd, |name, kind_hint| {
+        items.push(DirItem { name: name.to_owned(), kind_hint });
+        true
+    })?;
+    Ok(items)
+}
+
+/// True if the directory `fd` has a name (other than `.`/`..`) that `counts` accepts.
+/// Stops reading at the first one, so it costs one getdents on any directory.
+pub fn has_entry(fd: impl AsFd, counts: impl Fn(&CStr) -> bool) -> io::Result<bool> {
+    let mut found = false;
+    for_each_name(fd, |name, _| {
+        found = counts(name);
+        !found
+    })?;
+    Ok(found)
+}
+
+/// Calls `each` for every name from the descriptor's current offset until it returns false.
+fn for_each_name(fd: impl AsFd, mut each: impl FnMut(&CStr, FileType) -> bool) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut iter = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
     while let Some(entry) = iter.next() {
         let entry = entry?;
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
         }
-        items.push(DirItem { name: name.to_owned(), kind_hint: entry.file_type() });
+        if !each(name, entry.file_type()) {
+            break;
+        }
     }
-    Ok(items)
+    Ok(())
 }
 
 /// Creates the directory `name` (private until its attributes are set after its children).

@@ -1474,10 +1474,9 @@ fn read_link_pair(a_dir: &OwnedFd, a: &CStr, b_dir: &OwnedFd, b: &CStr) -> bool 
     }
 }
 
-/// True if the directory has no entry other than those `ignore` accepts. Rewinds the
-/// descriptor afterwards so it can still be listed.
+/// True if the directory has no entry other than those `ignore` accepts. Works on its own
+/// descriptor (a fresh open of "."), so the caller's descriptor can still be listed.
 fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<bool> {
-    let items = ops::list_dir(dir)?;
-    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
-    Ok(items.iter().all(|i| ignore(i.name.to_bytes())))
+    let own = ops::open_dir_at(dir, c".")?;
+    Ok(!ops::has_entry(&own, |name| !ignore(name.to_bytes()))?)
 }
