@@ -5,8 +5,8 @@
 //! followed. Knows nothing of when to call them.
 
 use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, Read};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -87,6 +87,7 @@ pub struct CopyContext<'a> {
 #[derive(Default)]
 pub struct CopyCaps {
     no_reflink: AtomicBool,
+    no_copy_range: AtomicBool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -109,18 +110,40 @@ pub struct DirItem {
 
 /// Every name in the directory `fd` except `.` and `..`, unsorted.
 pub fn list_dir(fd: impl AsFd) -> io::Result<Vec<DirItem>> {
-    let mut buf: Vec<MaybeUninit<u8>> = vec![MaybeUninit::uninit(); 64 * 1024];
-    let mut iter = rustix::fs::RawDir::new(fd, &mut buf);
     let mut items = Vec::new();
+    for_each_name(fd, |name, kind_hint| {
+        items.push(DirItem { name: name.to_owned(), kind_hint });
+        true
+    })?;
+    Ok(items)
+}
+
+/// True if the directory `fd` has a name (other than `.`/`..`) that `counts` accepts.
+/// Stops reading at the first one, so it costs one getdents on any directory.
+pub fn has_entry(fd: impl AsFd, counts: impl Fn(&CStr) -> bool) -> io::Result<bool> {
+    let mut found = false;
+    for_each_name(fd, |name, _| {
+        found = counts(name);
+        !found
+    })?;
+    Ok(found)
+}
+
+/// Calls `each` for every name from the descriptor's current offset until it returns false.
+fn for_each_name(fd: impl AsFd, mut each: impl FnMut(&CStr, FileType) -> bool) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut iter = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
     while let Some(entry) = iter.next() {
         let entry = entry?;
         let name = entry.file_name();
         if name == c"." || name == c".." {
             continue;
         }
-        items.push(DirItem { name: name.to_owned(), kind_hint: entry.file_type() });
+        if !each(name, entry.file_type()) {
+            break;
+        }
     }
-    Ok(items)
+    Ok(())
 }
 
 /// Creates the directory `name` (private until its attributes are set after its children).
@@ -153,12 +176,13 @@ fn read_only_nofollow() -> OFlags {
 
 /// Opens a SOURCE file for reading without following a link and without blocking on a
 /// FIFO swapped in since it was statted; skips atime updates where allowed.
-fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
+fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
     let flags = read_only_nofollow();
-    match rustix::fs::openat(dirfd, name, flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => Ok(rustix::fs::openat(dirfd, name, flags, Mode::empty())?),
-        other => Ok(other?),
-    }
+    let fd = match rustix::fs::openat(dirfd, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dirfd, name, flags, Mode::empty())?,
+        other => other?,
+    };
+    Ok(File::from(fd))
 }
 
 /// Copies the SOURCE file `name` in `src_dir` to the same name in `dst_dir`: content to a
@@ -178,7 +202,8 @@ pub fn copy_file(
     }
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut temp = TempFile { dir: dst_dir, name: ctx.temp_names.next(), live: false };
-    let tmp = rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600))?;
+    let tmp =
+        File::from(rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600))?);
     temp.live = true;
 
     let copied = copy_content(&src, &tmp, &before, ctx.caps, ctx.cancelled)?;
@@ -207,8 +232,8 @@ pub fn copy_file(
 /// holes kept for sparse files, otherwise the kernel's copy_file_range (via `io::copy`) in
 /// chunks, checking for cancellation between chunks.
 fn copy_content(
-    src: &OwnedFd,
-    tmp: &OwnedFd,
+    src: &File,
+    tmp: &File,
     before: &Entry,
     caps: &CopyCaps,
     cancelled: &dyn Fn() -> bool,
@@ -227,28 +252,47 @@ fn copy_content(
         }
     }
     if before.looks_sparse() {
-        copy_sparse(src, tmp, before.size, cancelled)
+        copy_sparse(src, tmp, before.size, caps, cancelled)
     } else {
-        copy_range(src, tmp, u64::MAX, cancelled)
+        // Up to the size seen at open: no extra call to find EOF. A file that grew is
+        // caught by the check after the copy.
+        copy_range(src, tmp, before.size, caps, cancelled)
     }
 }
 
-/// Copies from the current offsets of `src` and `tmp`, at most `limit` bytes or to EOF.
+/// Copies from the current offsets of `src` and `tmp`, at most `limit` bytes or to EOF,
+/// in chunks so cancellation is noticed. Calls copy_file_range directly (std's `io::copy`
+/// would first stat both files, two syscalls per file); where the kernel cannot do it
+/// (across filesystems on older kernels, special filesystems) `io::copy` takes over with
+/// sendfile or read/write.
 fn copy_range(
-    src: &OwnedFd,
-    tmp: &OwnedFd,
+    src: &File,
+    tmp: &File,
     limit: u64,
+    caps: &CopyCaps,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<u64, EntryErrorKind> {
-    let mut reader = std::fs::File::from(src.try_clone()?);
-    let mut writer = std::fs::File::from(tmp.try_clone()?);
+    let mut writer = tmp;
     let mut total = 0u64;
     while total < limit {
         if cancelled() {
             return Err(EntryErrorKind::Cancelled);
         }
         let chunk = COPY_CHUNK.min(limit - total);
-        let n = io::copy(&mut (&mut reader).take(chunk), &mut writer)?;
+        let n = if caps.no_copy_range.load(Ordering::Relaxed) {
+            io::copy(&mut src.take(chunk), &mut writer)?
+        } else {
+            match rustix::fs::copy_file_range(src, None, tmp, None, chunk as usize) {
+                Ok(n) => n as u64,
+                Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                    caps.no_copy_range.store(true, Ordering::Relaxed);
+                    continue;
+                }
+                Err(Errno::INVAL) => io::copy(&mut src.take(chunk), &mut writer)?,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
         if n == 0 {
             break;
         }
@@ -260,9 +304,10 @@ fn copy_range(
 /// Copies only the data segments of a sparse file (SEEK_DATA/SEEK_HOLE), then sets the
 /// length, so holes stay holes in REPLICA.
 fn copy_sparse(
-    src: &OwnedFd,
-    tmp: &OwnedFd,
+    src: &File,
+    tmp: &File,
     size: u64,
+    caps: &CopyCaps,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<u64, EntryErrorKind> {
     use rustix::fs::{SeekFrom, seek};
@@ -276,7 +321,7 @@ fn copy_sparse(
         let hole = seek(src, SeekFrom::Hole(data))?;
         seek(src, SeekFrom::Start(data))?;
         seek(tmp, SeekFrom::Start(data))?;
-        let n = copy_range(src, tmp, hole - data, cancelled)?;
+        let n = copy_range(src, tmp, hole - data, caps, cancelled)?;
         offset = data + n;
         if n < hole - data {
             break; // the file shrank; the after-check will notice
@@ -288,7 +333,7 @@ fn copy_sparse(
 
 /// `--verify`: the copy's MD5 must equal the source's.
 fn verify_copy(
-    src: &OwnedFd,
+    src: &File,
     tmp: &OwnedFd,
     src_entry: &Entry,
     md5_cache: Option<&Md5Cache>,

@@ -422,8 +422,13 @@ impl Engine {
                 return self.record(counters, EntryError::io(Op::Stat, &root, e));
             }
         };
-        let job =
-            DirJob { rel: root, src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
+        let job = DirJob {
+            place: Place::Top(root),
+            src,
+            dst,
+            open: Opening::Root(roots.src, roots.dst),
+            parent: None,
+        };
         self.run_work(vec![Work::Dir(job)], counters);
         if !self.opts.dry_run && !self.opts.copy.fsync {
             let synced = open_dir_path(&self.replica).and_then(|fd| ops::sync_filesystem(&fd));
@@ -522,7 +527,8 @@ impl Engine {
                 };
                 let parent = DirNode::detached(dir_rel.clone(), Some(dst_parent));
                 let open = Opening::Child { src_parent: Arc::new(src_parent) };
-                let job = DirJob { rel: rel.clone(), src, dst, open, parent: Some(parent) };
+                let job =
+                    DirJob { place: Place::Child(name), src, dst, open, parent: Some(parent) };
                 self.run_work(vec![Work::Dir(job)], counters);
             }
             (Action::Descend, Some(src)) => {
@@ -666,11 +672,17 @@ impl Engine {
     /// Opens (creating if needed) one directory on both sides, lists both, decides every
     /// child, and queues the work: subdirectories as their own jobs, the rest in batches.
     fn run_dir(&self, job: DirJob, list: &WorkList, counters: &Counters) {
-        let DirJob { rel, src, dst, open, parent } = job;
-        let opened = match open {
-            Opening::Root(src_fd, dst_fd) => Ok((src_fd, dst_fd, false)),
-            Opening::Child { src_parent } => {
-                self.open_child_dir(&src_parent, parent.as_deref(), &rel, dst.as_ref(), counters)
+        let DirJob { place, src, dst, open, parent } = job;
+        let opened = match (open, &place) {
+            (Opening::Root(src_fd, dst_fd), _) => Ok((src_fd, dst_fd, false)),
+            (Opening::Child { src_parent }, Place::Child(name)) => {
+                let rel = || rel_of(&place, parent.as_deref());
+                let rel = LazyRel(&rel);
+                let dst = dst.as_ref();
+                self.open_child_dir(&src_parent, parent.as_deref(), name, &rel, dst, counters)
+            }
+            (Opening::Child { .. }, Place::Top(rel)) => {
+                Err(EntryError::io(Op::OpenDir, rel, io::Error::other("no directory name")))
             }
         };
         let (src_fd, dst_fd, created) = match opened {
@@ -681,7 +693,7 @@ impl Engine {
             }
         };
         let node = Arc::new(DirNode {
-            rel,
+            place,
             src,
             dst_before: dst,
             dst_fd,
@@ -703,36 +715,32 @@ impl Engine {
         &self,
         src_parent: &OwnedFd,
         parent: Option<&DirNode>,
-        rel: &RelPath,
+        name: &CStr,
+        rel: &dyn RelSource,
         dst: Option<&Entry>,
         counters: &Counters,
     ) -> Result<(OwnedFd, Option<OwnedFd>, bool), EntryError> {
-        let name = rel.file_name().map(c_name).unwrap_or_default();
-        let src_fd =
-            ops::open_dir_at(src_parent, &name).map_err(|e| EntryError::io(Op::OpenDir, rel, e))?;
+        let fail = |op, e| EntryError::io(op, &rel.rel(), e);
+        let src_fd = ops::open_dir_at(src_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
         let dst_parent = parent.and_then(|p| p.dst_fd.as_ref());
         if let Some(existing) = dst.filter(|d| d.kind != Kind::Dir) {
-            self.remove_entry(dst_parent, &name, rel, existing, counters)?;
+            self.remove_entry(dst_parent, name, &rel.rel(), existing, counters)?;
         }
         let exists = dst.is_some_and(|d| d.kind == Kind::Dir);
         if !exists {
-            info!(action = %"create", path = %rel, kind = %"dir");
+            info!(action = %"create", path = %rel.rel(), kind = %"dir");
             Counters::bump(&counters.create, 1);
         }
         let Some(dst_parent) = dst_parent.filter(|_| !self.opts.dry_run) else {
             // Dry run: show what is below as if the directory were there and empty.
-            let dst_fd = if exists {
-                dst_parent.and_then(|p| ops::open_dir_at(p, &name).ok())
-            } else {
-                None
-            };
+            let dst_fd =
+                if exists { dst_parent.and_then(|p| ops::open_dir_at(p, name).ok()) } else { None };
             return Ok((src_fd, dst_fd, !exists));
         };
         if !exists {
-            ops::make_dir(dst_parent, &name).map_err(|e| EntryError::io(Op::Create, rel, e))?;
+            ops::make_dir(dst_parent, name).map_err(|e| fail(Op::Create, e))?;
         }
-        let dst_fd =
-            ops::open_dir_at(dst_parent, &name).map_err(|e| EntryError::io(Op::OpenDir, rel, e))?;
+        let dst_fd = ops::open_dir_at(dst_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
         Ok((src_fd, Some(dst_fd), !exists))
     }
 
@@ -744,9 +752,9 @@ impl Engine {
         counters: &Counters,
     ) -> Result<(), EntryError> {
         let mut src_names =
-            ops::list_dir(&src_fd).map_err(|e| EntryError::io(Op::List, &node.rel, e))?;
+            ops::list_dir(&src_fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?;
         let mut dst_names = match &node.dst_fd {
-            Some(fd) => ops::list_dir(fd).map_err(|e| EntryError::io(Op::List, &node.rel, e))?,
+            Some(fd) => ops::list_dir(fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?,
             None => Vec::new(),
         };
         src_names.retain(|i| !ops::is_temp_name(i.name.to_bytes()));
@@ -763,11 +771,10 @@ impl Engine {
             };
             match item {
                 Item { action: Action::Descend, src: Some(src), dst, name } => {
-                    let rel = node.rel.join(OsStr::from_bytes(name.to_bytes()));
                     let open = Opening::Child { src_parent: src_fd.clone() };
                     node.pending.fetch_add(1, Ordering::AcqRel);
                     list.push(Work::Dir(DirJob {
-                        rel,
+                        place: Place::Child(name),
                         src,
                         dst,
                         open,
@@ -803,7 +810,7 @@ impl Engine {
         name: &CStr,
         counters: &Counters,
     ) -> Option<Item> {
-        let rel = || node.rel.join(OsStr::from_bytes(name.to_bytes()));
+        let rel = || node.rel().join(OsStr::from_bytes(name.to_bytes()));
         let (src, dst) =
             self.stat_pair(src_fd, node.dst_fd.as_ref(), name, &LazyRel(&rel), counters)?;
         if self.excludes_any() && self.is_excluded(&rel(), src.as_ref(), dst.as_ref()) {
@@ -814,11 +821,12 @@ impl Engine {
     }
 
     fn run_items(&self, batch: Batch, counters: &Counters) {
+        let dir_rel = batch.node.rel();
         for item in batch.items {
             if self.cancel.is_cancelled() {
                 break;
             }
-            self.apply(&batch.src_fd, batch.node.dst_fd.as_ref(), &batch.node.rel, item, counters);
+            self.apply(&batch.src_fd, batch.node.dst_fd.as_ref(), &dir_rel, item, counters);
         }
         complete(Some(batch.node), self, counters);
     }
@@ -835,7 +843,7 @@ impl Engine {
         if let Some(before) = before {
             let diff = node.src.attr_diff(before, self.rules.owners);
             if !diff.is_empty() && !node.created {
-                self.log_attrs(&node.rel, diff);
+                self.log_attrs(&node.rel(), diff);
                 Counters::bump(&counters.attrs, 1);
             }
         }
@@ -847,7 +855,7 @@ impl Engine {
             if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_fd, &node.src, diff) }
         });
         if let Err(e) = result {
-            self.record(counters, EntryError::io(Op::SetAttrs, &node.rel, e));
+            self.record(counters, EntryError::io(Op::SetAttrs, &node.rel(), e));
         }
     }
 
@@ -1201,8 +1209,17 @@ enum Opening {
     Child { src_parent: Arc<OwnedFd> },
 }
 
+/// Where a directory sits. Children know only their name: a full path per queued
+/// directory would make memory grow with the square of the depth.
+enum Place {
+    /// The root, or the directory an event pointed into: its whole relative path.
+    Top(RelPath),
+    /// A child of its parent node.
+    Child(CString),
+}
+
 struct DirJob {
-    rel: RelPath,
+    place: Place,
     src: Entry,
     dst: Option<Entry>,
     open: Opening,
@@ -1225,7 +1242,7 @@ struct Item {
 /// A directory being reconciled: its attributes are set when `pending` (its listing plus
 /// its queued children) drops to zero, then its parent is told.
 struct DirNode {
-    rel: RelPath,
+    place: Place,
     src: Entry,
     dst_before: Option<Entry>,
     dst_fd: Option<OwnedFd>,
@@ -1235,7 +1252,41 @@ struct DirNode {
     parent: Option<Arc<DirNode>>,
 }
 
+/// The relative path of a job or node at `place` under `parent`.
+fn rel_of(place: &Place, parent: Option<&DirNode>) -> RelPath {
+    match place {
+        Place::Top(rel) => rel.clone(),
+        Place::Child(name) => {
+            parent.map(DirNode::rel).unwrap_or_default().join(OsStr::from_bytes(name.to_bytes()))
+        }
+    }
+}
+
 impl DirNode {
+    /// This directory's path, rebuilt from the names up the parent chain (only needed for
+    /// log lines and errors).
+    fn rel(&self) -> RelPath {
+        let mut names = Vec::new();
+        let mut node = self;
+        let base = loop {
+            match &node.place {
+                Place::Top(rel) => break rel.clone(),
+                Place::Child(name) => {
+                    names.push(name);
+                    match node.parent.as_deref() {
+                        Some(parent) => node = parent,
+                        None => break RelPath::root(),
+                    }
+                }
+            }
+        };
+        let mut path = base;
+        for name in names.iter().rev() {
+            path.push(OsStr::from_bytes(name.to_bytes()));
+        }
+        path
+    }
+
     /// A parent for event work below it: provides its replica descriptor; its attributes
     /// are handled by the caller.
     fn detached(rel: RelPath, dst_fd: Option<OwnedFd>) -> Arc<DirNode> {
@@ -1253,7 +1304,7 @@ impl DirNode {
             rdev: 0,
         };
         Arc::new(DirNode {
-            rel,
+            place: Place::Top(rel),
             src: placeholder,
             dst_before: None,
             dst_fd,
@@ -1262,6 +1313,20 @@ impl DirNode {
             pending: AtomicUsize::new(1),
             parent: None,
         })
+    }
+}
+
+impl Drop for DirNode {
+    /// Unlinks the parent chain iteratively: a cancelled pass can drop a node 10,000 levels
+    /// deep, and the default recursive drop would use one stack frame per level.
+    fn drop(&mut self) {
+        let mut next = self.parent.take();
+        while let Some(parent) = next {
+            next = match Arc::try_unwrap(parent) {
+                Ok(mut node) => node.parent.take(),
+                Err(_) => None,
+            };
+        }
     }
 }
 
@@ -1409,10 +1474,9 @@ fn read_link_pair(a_dir: &OwnedFd, a: &CStr, b_dir: &OwnedFd, b: &CStr) -> bool 
     }
 }
 
-/// True if the directory has no entry other than those `ignore` accepts. Rewinds the
-/// descriptor afterwards so it can still be listed.
+/// True if the directory has no entry other than those `ignore` accepts. Works on its own
+/// descriptor (a fresh open of "."), so the caller's descriptor can still be listed.
 fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<bool> {
-    let items = ops::list_dir(dir)?;
-    rustix::fs::seek(dir, rustix::fs::SeekFrom::Start(0))?;
-    Ok(items.iter().all(|i| ignore(i.name.to_bytes())))
+    let own = ops::open_dir_at(dir, c".")?;
+    Ok(!ops::has_entry(&own, |name| !ignore(name.to_bytes()))?)
 }

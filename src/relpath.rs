@@ -43,6 +43,12 @@ impl RelPath {
         RelPath(self.0.join(name))
     }
 
+    /// Appends one name in place (amortised, unlike `join`, which copies the whole path).
+    pub fn push(&mut self, name: &OsStr) {
+        debug_assert!(!name.as_encoded_bytes().contains(&b'/'), "push takes one name");
+        self.0.push(name);
+    }
+
     /// True for the root itself.
     pub fn is_root(&self) -> bool {
         self.0.as_os_str().is_empty()
