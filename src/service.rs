@@ -106,9 +106,9 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    ticks.tick().await; // the first tick is immediate: the first pass starts now
     let mut first = true;
     loop {
-        ticks.tick().await; // the first tick is immediate
         let Some(report) = full_pass_guarded(&engine, &exclusive, &cancel, watchdog).await else {
             break;
         };
@@ -189,11 +189,7 @@ async fn wait_for_next_pass(
     loop {
         tokio::select! {
             () = cancel.cancelled() => return false,
-            _ = ticks.tick() => {
-                // Put the tick back: the loop's own `tick()` consumes it.
-                ticks.reset_immediately();
-                return true;
-            }
+            _ = ticks.tick() => return true,
             () = full_pass.notified() => {
                 info!("full pass requested: events may have been lost");
                 return true;

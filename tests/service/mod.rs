@@ -384,10 +384,6 @@ fn kill_9_during_a_1gib_copy_then_once_converges() {
 // Deletion guard at run time
 
 #[test]
-#[ignore = "bug: a requested full pass (overflow, SOURCE moved, guard re-check) waits for \
-            the next interval tick; with --interval 1h it never runs, and SIGTERM is not heard \
-            meanwhile (src/service.rs serve loop: only the tick branch of wait_for_next_pass \
-            resets the interval)"]
 fn source_moved_away_trips_the_guard_and_its_return_is_followed() {
     let t = Tree::new();
     t.file("a", b"1").file("d/b", b"2").symlink("l", "a");
@@ -409,9 +405,6 @@ fn source_moved_away_trips_the_guard_and_its_return_is_followed() {
 }
 
 #[test]
-#[ignore = "bug: after a full-pass request the serve loop awaits the next interval tick \
-            without watching for cancellation: SIGTERM logs `received` but the service does \
-            not stop (src/service.rs serve loop)"]
 fn sigterm_right_after_a_full_pass_request_stops_promptly() {
     let t = Tree::new();
     t.file("a", b"1");
@@ -513,10 +506,6 @@ fn watch_limit_is_named_and_passes_still_converge() {
 }
 
 #[test]
-#[ignore = "bug: a requested full pass (overflow, SOURCE moved, guard re-check) waits for \
-            the next interval tick; with --interval 1h it never runs, and SIGTERM is not heard \
-            meanwhile (src/service.rs serve loop: only the tick branch of wait_for_next_pass \
-            resets the interval)"]
 fn queue_overflow_while_frozen_requests_a_full_pass_and_converges() {
     let t = Tree::new();
     t.dir("many");
