@@ -197,6 +197,9 @@ pub enum GuardTrip {
         /// Device now.
         now: u64,
     },
+    /// REPLICA's root cannot be opened (replaced by a file or a symlink, no permission).
+    #[error("replica cannot be opened ({0}); nothing done")]
+    ReplicaUnusable(String),
     /// SOURCE is empty while REPLICA is not.
     #[error(
         "source is empty but the replica is not; nothing deleted (pass --allow-empty-source if SOURCE is meant to be empty)"

@@ -23,15 +23,21 @@ pub const TEMP_PREFIX: &[u8] = b".replicad.tmp.";
 /// How many bytes are copied between two checks for cancellation.
 const COPY_CHUNK: u64 = 16 * 1024 * 1024;
 
-/// Hands out unique temporary names `.replicad.tmp.<pid>.<n>` for this process.
+/// Hands out unique temporary names `.replicad.tmp.<pid>.<nonce>.<n>` for this process.
+/// The random nonce matters in containers, where every run is PID 1: a crashed run's
+/// leftovers must not look like this run's in-flight copies.
 pub struct TempNames {
-    pid: u32,
+    prefix: String,
     next: AtomicU64,
 }
 
 impl Default for TempNames {
     fn default() -> Self {
-        TempNames { pid: std::process::id(), next: AtomicU64::new(0) }
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded randomly per process: a nonce without another dependency.
+        let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
+        let prefix = format!(".replicad.tmp.{}.{nonce:08x}.", std::process::id());
+        TempNames { prefix, next: AtomicU64::new(0) }
     }
 }
 
@@ -39,16 +45,13 @@ impl TempNames {
     /// A fresh temporary name.
     pub fn next(&self) -> CString {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let name = format!(".replicad.tmp.{}.{n}", self.pid);
-        // The formatted string has no NUL byte, so this cannot fail.
-        CString::new(name).unwrap_or_default()
+        // The prefix and a number contain no NUL byte, so this cannot fail.
+        CString::new(format!("{}{n}", self.prefix)).unwrap_or_default()
     }
 
     /// True if `name` is a temporary name of this very process (an in-flight copy).
     pub fn is_ours(&self, name: &[u8]) -> bool {
-        name.strip_prefix(TEMP_PREFIX)
-            .and_then(|rest| rest.split(|&b| b == b'.').next())
-            .is_some_and(|pid| pid == self.pid.to_string().as_bytes())
+        name.starts_with(self.prefix.as_bytes())
     }
 }
 
@@ -148,7 +151,8 @@ fn for_each_name(fd: impl AsFd, mut each: impl FnMut(&CStr, FileType) -> bool) -
 
 /// Creates the directory `name` (private until its attributes are set after its children).
 pub fn make_dir(dirfd: impl AsFd, name: &CStr) -> io::Result<()> {
-    Ok(rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700))?)
+    let dirfd = dirfd.as_fd();
+    in_writable_dir(dirfd, || rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -202,8 +206,8 @@ pub fn copy_file(
     }
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut temp = TempFile { dir: dst_dir, name: ctx.temp_names.next(), live: false };
-    let tmp =
-        File::from(rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600))?);
+    let create = || rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600));
+    let tmp = File::from(in_writable_dir(dst_dir, create)?);
     temp.live = true;
 
     let copied = copy_content(&src, &tmp, &before, ctx.caps, ctx.cancelled)?;
@@ -220,7 +224,7 @@ pub fn copy_file(
         rustix::fs::fdatasync(&tmp)?;
     }
     set_attrs_fd(&tmp, &before, AttrDiff::all(ctx.opts.chown))?;
-    rustix::fs::renameat(dst_dir, &temp.name, dst_dir, name)?;
+    rename_into_place(dst_dir, &temp.name, name)?;
     temp.live = false;
     if ctx.opts.fsync {
         rustix::fs::fsync(dst_dir)?;
@@ -368,10 +372,10 @@ pub fn make_symlink(
     temp_names: &TempNames,
 ) -> io::Result<()> {
     let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
-    rustix::fs::symlinkat(target, dirfd, &temp.name)?;
+    in_writable_dir(dirfd, || rustix::fs::symlinkat(target, dirfd, &temp.name))?;
     temp.live = true;
     set_attrs_at(dirfd, &temp.name, Kind::Symlink, src, AttrDiff::all(chown))?;
-    rustix::fs::renameat(dirfd, &temp.name, dirfd, name)?;
+    rename_into_place(dirfd, &temp.name, name)?;
     temp.live = false;
     Ok(())
 }
@@ -391,10 +395,11 @@ pub fn make_special(
         _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
     let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
-    rustix::fs::mknodat(dirfd, &temp.name, file_type, Mode::from_raw_mode(0o600), src.rdev)?;
+    let mode = Mode::from_raw_mode(0o600);
+    in_writable_dir(dirfd, || rustix::fs::mknodat(dirfd, &temp.name, file_type, mode, src.rdev))?;
     temp.live = true;
     set_attrs_at(dirfd, &temp.name, src.kind, src, AttrDiff::all(chown))?;
-    rustix::fs::renameat(dirfd, &temp.name, dirfd, name)?;
+    rename_into_place(dirfd, &temp.name, name)?;
     temp.live = false;
     Ok(())
 }
@@ -459,11 +464,13 @@ pub fn set_attrs_at(
 }
 
 /// chmod without following a link: through a descriptor opened with O_NOFOLLOW where
-/// opening is harmless (files, FIFOs with O_NONBLOCK, directories); by name for device
-/// nodes (opening one can have side effects) and when the entry cannot be opened.
+/// opening is harmless (files, directories); by name for FIFOs and device nodes (opening
+/// one can have side effects; its type was just checked by statx) and when the entry
+/// cannot be opened.
 fn chmod_nofollow(dirfd: BorrowedFd<'_>, name: &CStr, kind: Kind, mode: u32) -> io::Result<()> {
     let mode = Mode::from_raw_mode(mode);
-    if matches!(kind, Kind::File | Kind::Fifo | Kind::Dir) {
+    // Opening a FIFO, even non-blocking, can wake a writer waiting on it: FIFOs go by name.
+    if matches!(kind, Kind::File | Kind::Dir) {
         let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         if kind == Kind::Dir {
             flags |= OFlags::DIRECTORY;
@@ -549,18 +556,32 @@ fn unlink_dir(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     unlink_in(parent, name, AtFlags::REMOVEDIR)
 }
 
-/// unlinkat that, when run without privileges in a read-only replica directory, makes the
-/// directory writable for its owner and tries once more (rsync does the same).
 fn unlink_in(dir: impl AsFd, name: &CStr, flags: AtFlags) -> io::Result<()> {
     let dir = dir.as_fd();
-    match rustix::fs::unlinkat(dir, name, flags) {
+    in_writable_dir(dir, || rustix::fs::unlinkat(dir, name, flags))
+}
+
+/// Runs `op`, which changes the directory `dir`. Without privileges, a replica directory
+/// whose SOURCE mode is read-only refuses that (EACCES): make it writable for its owner
+/// and try once more, as rsync does. The directory's mode is put back when it is
+/// finalized (its attributes are always set after its children are done).
+fn in_writable_dir<T>(
+    dir: BorrowedFd<'_>,
+    op: impl Fn() -> rustix::io::Result<T>,
+) -> io::Result<T> {
+    match op() {
         Err(Errno::ACCESS) => {
             let mode = Entry::stat_fd(dir)?.mode | 0o700;
             rustix::fs::fchmod(dir, Mode::from_raw_mode(mode))?;
-            Ok(rustix::fs::unlinkat(dir, name, flags)?)
+            Ok(op()?)
         }
         other => Ok(other?),
     }
+}
+
+/// Renames a finished temporary entry over `name` in the same directory (atomic).
+fn rename_into_place(dir: BorrowedFd<'_>, temp: &CStr, name: &CStr) -> io::Result<()> {
+    in_writable_dir(dir, || rustix::fs::renameat(dir, temp, dir, name))
 }
 
 /// Renames `from` to `to` (possibly across directories of REPLICA), refusing to replace
@@ -571,8 +592,15 @@ pub fn rename_noreplace(
     to_dir: impl AsFd,
     to: &CStr,
 ) -> io::Result<()> {
+    let (from_dir, to_dir) = (from_dir.as_fd(), to_dir.as_fd());
     let flags = rustix::fs::RenameFlags::NOREPLACE;
-    Ok(rustix::fs::renameat_with(from_dir, from, to_dir, to, flags)?)
+    let rename = || rustix::fs::renameat_with(from_dir, from, to_dir, to, flags);
+    // Either directory may be the read-only one.
+    in_writable_dir(from_dir, || in_writable_dir(to_dir, rename).map_err(errno_of))
+}
+
+fn errno_of(e: io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error)
 }
 
 /// Flushes the whole REPLICA filesystem once (end of a pass without `--fsync`).
@@ -592,7 +620,9 @@ mod tests {
         assert_ne!(a, b);
         assert!(is_temp_name(a.to_bytes()));
         assert!(names.is_ours(a.to_bytes()));
-        assert!(!names.is_ours(b".replicad.tmp.1.0") || std::process::id() == 1);
+        assert!(!names.is_ours(b".replicad.tmp.1.0"));
+        let pid_only = format!(".replicad.tmp.{}.0", std::process::id());
+        assert!(!names.is_ours(pid_only.as_bytes()), "a same-PID leftover is not ours");
         assert!(!is_temp_name(b"replicad.tmp.1"));
     }
 }

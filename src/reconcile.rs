@@ -268,6 +268,7 @@ pub struct Engine {
     caps: CopyCaps,
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
+    progress: AtomicU64,
 }
 
 /// The two roots, opened fresh for one piece of work after the deletion guard passed.
@@ -305,7 +306,14 @@ impl Engine {
             caps: CopyCaps::default(),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
+            progress: AtomicU64::new(0),
         })
+    }
+
+    /// A number that moves while work moves (entries looked at, chunks copied): the service
+    /// feeds systemd's watchdog only while it does, so a stuck pass gets restarted.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// The excludes this engine honours (the watcher drops the same paths).
@@ -328,7 +336,7 @@ impl Engine {
     /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
     /// `recursive` (or when the replica lacks the directory), and its parent's attributes.
     pub fn reconcile_path(&self, rel: &RelPath, recursive: bool) -> PassReport {
-        if rel.is_root() {
+        if rel.is_root() && recursive {
             return self.full_pass();
         }
         let started = Instant::now();
@@ -336,14 +344,24 @@ impl Engine {
         let mut report = PassReport::default();
         match self.open_roots() {
             Err(trip) => report.guard = Some(trip),
+            Ok(roots) if rel.is_root() => self.fix_root_attrs(&roots, &counters),
             Ok(roots) => self.reconcile_below_root(&roots, rel, recursive, &counters),
         }
         self.finish(report, &counters, started)
     }
 
+    /// A change to the SOURCE root's own metadata (or to an entry right under it, which
+    /// moves its mtime): only the root's attributes, not a whole pass.
+    fn fix_root_attrs(&self, roots: &Roots, counters: &Counters) {
+        if let Some(dst) = &roots.dst {
+            self.fix_dir_attrs(&roots.src, dst, &RelPath::root(), counters);
+        }
+    }
+
     /// Follows a rename SOURCE `from` → `to` with a rename in REPLICA when REPLICA still has
-    /// what `from` was and nothing at `to`; then reconciles `to` (recursively) and `from`'s
-    /// parent as usual, so the result is right whatever the rename did.
+    /// what `from` was and nothing at `to`; then reconciles `to` (recursively) and `from`
+    /// itself (which removes it if the rename was not followed, and fixes its parent), so
+    /// the result is right whatever the rename did.
     pub fn follow_rename(&self, from: &RelPath, to: &RelPath) -> PassReport {
         let started = Instant::now();
         let counters = Counters::default();
@@ -351,15 +369,17 @@ impl Engine {
         match self.open_roots() {
             Err(trip) => report.guard = Some(trip),
             Ok(roots) => {
-                if !self.excludes.matches_path_or_parent(from, false)
-                    && !self.excludes.matches_path_or_parent(to, false)
-                {
+                // Either end excluded (as a file or as a directory): no shortcut, the two
+                // reconciles below do what the exclusion allows.
+                let excluded = |p: &RelPath| {
+                    self.excludes.matches_path_or_parent(p, false)
+                        || self.excludes.matches_path_or_parent(p, true)
+                };
+                if !excluded(from) && !excluded(to) {
                     self.try_rename(&roots, from, to, &counters);
                 }
                 self.reconcile_below_root(&roots, to, true, &counters);
-                if let Some(parent) = from.parent() {
-                    self.reconcile_below_root(&roots, &parent, false, &counters);
-                }
+                self.reconcile_below_root(&roots, from, false, &counters);
             }
         }
         self.finish(report, &counters, started)
@@ -385,21 +405,22 @@ impl Engine {
         if now != self.source_dev {
             return Err(GuardTrip::DeviceChanged { was: self.source_dev, now });
         }
-        let dst = match open_dir_path(&self.replica) {
+        let dst = match open_dir_nofollow(&self.replica) {
             Ok(fd) => Some(fd),
             Err(e) if e.kind() == io::ErrorKind::NotFound && !self.opts.dry_run => {
                 // REPLICA was removed while we run: make it again.
                 std::fs::create_dir_all(&self.replica)
-                    .and_then(|()| open_dir_path(&self.replica))
+                    .and_then(|()| open_dir_nofollow(&self.replica))
                     .map(Some)
                     .map_err(|e| {
                         GuardTrip::SourceGone(format!("replica cannot be re-created: {e}"))
                     })?
             }
-            Err(_) => None,
+            Err(_) if self.opts.dry_run => None,
+            Err(e) => return Err(GuardTrip::ReplicaUnusable(e.to_string())),
         };
         if !self.opts.allow_empty_source
-            && has_no_entries(&src, |_| false).unwrap_or(false)
+            && has_no_entries(&src, ops::is_temp_name).unwrap_or(false)
             && let Some(dst) = &dst
             && !has_no_entries(dst, |name| self.temp_names.is_ours(name)).unwrap_or(true)
         {
@@ -430,7 +451,8 @@ impl Engine {
             parent: None,
         };
         self.run_work(vec![Work::Dir(job)], counters);
-        if !self.opts.dry_run && !self.opts.copy.fsync {
+        let changed = counters.snapshot().changes() > 0;
+        if changed && !self.opts.dry_run && !self.opts.copy.fsync {
             let synced = open_dir_path(&self.replica).and_then(|fd| ops::sync_filesystem(&fd));
             if let Err(e) = synced {
                 warn!(error = %e, "syncfs of the replica failed");
@@ -627,15 +649,15 @@ impl Engine {
         if !same {
             return;
         }
-        info!(action = %"rename", path = %to, from = %from);
-        Counters::bump(&counters.rename, 1);
-        if self.opts.dry_run {
+        if !self.opts.dry_run
+            && let Err(e) = ops::rename_noreplace(&dst_from_dir, &from_name, &dst_to_dir, &to_name)
+        {
+            // Not fatal: the reconciles that follow copy and remove instead.
+            debug!(path = %to, error = %e, "rename in replica failed; reconciling instead");
             return;
         }
-        if let Err(e) = ops::rename_noreplace(&dst_from_dir, &from_name, &dst_to_dir, &to_name) {
-            // Not fatal: the reconcile that follows copies instead.
-            debug!(path = %to, error = %e, "rename in replica failed; reconciling instead");
-        }
+        info!(action = %"rename", path = %to, from = %from);
+        Counters::bump(&counters.rename, 1);
     }
 
     // ---------------------------------------------------------------------------------
@@ -661,11 +683,13 @@ impl Engine {
 
     fn worker(&self, list: &WorkList, counters: &Counters) {
         while let Some(work) = list.pop(&self.cancel) {
+            // Marks the item done even if processing panics, so the other threads are not
+            // left waiting for it; the scope then re-raises the panic.
+            let _active = Active(list);
             match work {
                 Work::Dir(job) => self.run_dir(job, list, counters),
                 Work::Items(batch) => self.run_items(batch, counters),
             }
-            list.done();
         }
     }
 
@@ -704,9 +728,12 @@ impl Engine {
         });
         if let Err(e) = self.queue_children(&node, src_fd, list, counters) {
             // A directory that cannot be listed is never "empty": nothing under it is
-            // touched, and its attributes are left for when it can be read.
+            // touched, and its attributes are left for when it can be read. Its parent is
+            // released so the rest of the tree is finalized as usual.
             self.record(counters, e);
-            return;
+            let parent = node.parent.clone();
+            drop(node);
+            return complete(parent, self, counters);
         }
         complete(Some(node), self, counters);
     }
@@ -882,6 +909,7 @@ impl Engine {
         rel: &dyn RelSource,
         counters: &Counters,
     ) -> Option<(Option<Entry>, Option<Entry>)> {
+        self.progress.fetch_add(1, Ordering::Relaxed);
         let src = match Entry::stat_at(src_dir, name) {
             Ok(s) => s,
             Err(e) => {
@@ -1105,7 +1133,11 @@ impl Engine {
         counters: &Counters,
     ) -> Result<u64, EntryError> {
         const PAUSES_MS: [u64; 2] = [10, 50];
-        let cancelled = || self.cancel.is_cancelled();
+        // Polled between chunks: also the place where a long copy shows it is moving.
+        let cancelled = || {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            self.cancel.is_cancelled()
+        };
         let mut attempt = 0;
         loop {
             let ctx = ops::CopyContext {
@@ -1388,6 +1420,15 @@ impl WorkList {
     }
 }
 
+/// One item being worked on; dropping it tells the list.
+struct Active<'a>(&'a WorkList);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
 /// Names of both sorted listings, merged and deduplicated, in byte order.
 fn merge_names<'a>(
     src: &'a [ops::DirItem],
@@ -1446,6 +1487,12 @@ impl<F: Fn() -> RelPath> RelSource for LazyRel<'_, F> {
 fn c_name(name: &OsStr) -> CString {
     // Names read from the filesystem never contain NUL.
     CString::new(name.as_bytes()).unwrap_or_default()
+}
+
+/// Opens REPLICA's root: a symlink swapped in for it is refused, never followed.
+fn open_dir_nofollow(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(path, flags, Mode::empty())?)
 }
 
 fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {

@@ -108,9 +108,17 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     ticks.tick().await; // the first tick is immediate: the first pass starts now
     let mut first = true;
+    let mut status = 0;
     loop {
-        let Some(report) = full_pass_guarded(&engine, &exclusive, &cancel, watchdog).await else {
-            break;
+        let report = match full_pass_guarded(&engine, &exclusive, &cancel, watchdog).await {
+            PassRun::Done(report) => report,
+            PassRun::Stopped => break,
+            PassRun::Panicked => {
+                // A bug, not a state to limp on in: exit 1 so systemd restarts us.
+                error!("a full pass panicked; stopping so the service manager can restart");
+                status = 1;
+                break;
+            }
         };
         log_pass(&report, false);
         if first {
@@ -143,32 +151,49 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     drop(watcher);
     signals.abort();
     info!("stopped");
-    0
+    status
 }
 
-/// Runs one full pass on the blocking pool while feeding the systemd watchdog; `None` if
-/// shutdown was requested before it began.
+/// How a full pass ended.
+enum PassRun {
+    Done(PassReport),
+    Stopped,
+    Panicked,
+}
+
+/// Runs one full pass on the blocking pool, feeding the systemd watchdog only while the
+/// pass makes progress (a stuck pass must not look healthy).
 async fn full_pass_guarded(
     engine: &Arc<Engine>,
     exclusive: &Arc<RwLock<()>>,
     cancel: &CancellationToken,
     watchdog: Option<Duration>,
-) -> Option<PassReport> {
+) -> PassRun {
     let lock = tokio::select! {
-        () = cancel.cancelled() => return None,
+        () = cancel.cancelled() => return PassRun::Stopped,
         lock = exclusive.clone().write_owned() => lock,
     };
-    let engine = engine.clone();
+    let worker = engine.clone();
     let mut pass = tokio::task::spawn_blocking(move || {
-        let report = engine.full_pass();
+        let report = worker.full_pass();
         drop(lock);
         report
     });
     let mut pings = watchdog.map(tokio::time::interval);
+    let mut seen = engine.progress();
     loop {
         tokio::select! {
-            joined = &mut pass => return joined.ok(),
-            _ = tick_opt(&mut pings) => notify_systemd(&[NotifyState::Watchdog]),
+            joined = &mut pass => return match joined {
+                Ok(report) => PassRun::Done(report),
+                Err(_) => PassRun::Panicked,
+            },
+            _ = tick_opt(&mut pings) => {
+                let now = engine.progress();
+                if now != seen {
+                    notify_systemd(&[NotifyState::Watchdog]);
+                }
+                seen = now;
+            }
         }
     }
 }
