@@ -861,9 +861,16 @@ pub fn replicad() -> assert_cmd::Command {
 
 /// The binary run through `setpriv` as `nobody`, no supplementary groups.
 pub fn as_nobody() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::new("setpriv");
+    let mut cmd = wrapper("setpriv");
     cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into()])
         .arg(bin());
+    cmd
+}
+
+/// `program` (a wrapper such as `unshare` that runs the binary given as its argument), with
+/// the same clean environment and hard timeout as [`replicad`].
+pub fn wrapper(program: &str) -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::new(program);
     clean_env(&mut cmd);
     cmd.timeout(RUN_TIMEOUT);
     cmd
