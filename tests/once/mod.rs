@@ -7,12 +7,14 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::support::{
     CompareOptions, Dir, Kind, NOBODY, Run, Tree, action_lines, as_nobody, assert_same,
-    assert_same_with, assert_unchanged, build_chain, compare_chain, remove_chain, replicad,
-    snapshot,
+    assert_same_with, assert_unchanged, bin, build_chain, compare_chain, remove_chain, replicad,
+    snapshot, temp_leftovers, wrapper,
 };
 
 /// A small tree with one of each mirrored kind, odd modes and explicit ns mtimes.
@@ -794,4 +796,109 @@ fn zero_interval_is_a_usage_error() {
 #[test]
 fn unparsable_debounce_is_a_usage_error() {
     assert_usage_error(&Tree::new(), &["--debounce", "soon"]);
+}
+
+// ---- regressions (review findings) ---------------------------------------------------------
+
+/// `lstat` of a REPLICA entry as (mode & 0o7777, mtime s, mtime ns).
+fn mode_and_mtime(dir: &Dir, rel: &str) -> (u32, i64, i64) {
+    let md = dir.lstat(rel);
+    (md.mode() & 0o7777, md.mtime(), md.mtime_nsec())
+}
+
+#[test]
+fn unusable_replica_root_is_an_error_not_a_silent_success() {
+    // See: review finding 2
+    let t = Tree::new();
+    t.file("a.txt", b"a");
+    t.give_to(NOBODY, NOBODY);
+    // Writable and searchable by its owner, but not readable: it cannot be opened to list.
+    t.replica().chmod("", 0o300);
+    let run = t.once_as_nobody(&[]);
+    run.assert_code(1);
+    assert!(
+        run.stderr.to_lowercase().contains("replica"),
+        "the error says the replica is the problem:\n{run}"
+    );
+    assert!(
+        !run.stderr.contains("action=copy"),
+        "a copy was logged into a replica that cannot be opened:\n{run}"
+    );
+    assert!(!t.replica().exists("a.txt"), "nothing is written through an unusable replica");
+}
+
+#[test]
+fn leftover_temp_files_are_removed_when_running_as_pid_1() {
+    // See: review finding 3
+    if !Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipped: `unshare --pid --fork` (a PID namespace) is not available");
+        return;
+    }
+    let t = Tree::new();
+    t.file("a.txt", b"a").file("d/b.txt", b"b");
+    // What a crashed run leaves in a container, where every run is PID 1 (the old naming
+    // `<pid>.<n>` and the current `<pid>.<nonce>.<n>`).
+    t.replica().file(".replicad.tmp.1.0", b"torn").file("d/.replicad.tmp.1.deadbeef.3", b"torn");
+    let run = Run::of(
+        wrapper("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(bin())
+            .arg("--once")
+            .arg(t.src())
+            .arg(t.dst()),
+    );
+    run.assert_code(0);
+    assert_eq!(temp_leftovers(t.dst()), Vec::<PathBuf>::new(), "leftovers kept:\n{run}");
+    t.assert_mirrored();
+}
+
+#[test]
+fn read_only_source_directory_takes_later_changes_when_unprivileged() {
+    // See: review finding 4
+    let t = Tree::new();
+    t.file("ro/f", b"v1\n").file("top", b"t");
+    t.give_to(NOBODY, NOBODY);
+    t.chmod("ro", 0o555);
+    t.once_as_nobody(&[]).assert_code(0);
+    t.assert_mirrored();
+
+    t.chmod("ro", 0o755);
+    t.file("ro/f", b"v2\n").file("ro/g", b"new\n").chown("ro/g", NOBODY, NOBODY);
+    // Same size as v1: only the mtime tells the edit apart; make sure it moved.
+    t.mtime("ro/f", 1_700_000_000, 42);
+    t.chmod("ro", 0o555);
+    let run = t.once_as_nobody(&[]);
+    run.assert_code(0);
+    t.assert_mirrored();
+    assert_eq!(mode_and_mtime(t.replica(), "ro").0, 0o555, "{run}");
+}
+
+#[test]
+fn unopenable_directory_does_not_leave_its_ancestors_unfinalized() {
+    // See: review finding 6
+    let t = Tree::new();
+    t.file("a/b/f", b"f").file("a/g", b"g").dir("a/b/secret").file("top", b"t");
+    t.give_to(NOBODY, NOBODY);
+    t.chmod("a/b/secret", 0o000).chmod("a/b", 0o751).chmod("a", 0o705).chmod("", 0o750);
+    // Deepest first: setting a child's mtime does not move its parent's, but be explicit.
+    t.mtime("a/b", 1_300_000_000, 111).mtime("a", 1_300_000_001, 222).mtime("", 1_300_000_002, 333);
+    let run = t.once_as_nobody(&[]);
+    run.assert_code(23);
+    assert!(!run.lines_with("secret").is_empty(), "the error names the directory:\n{run}");
+    // a/b/secret itself cannot be mirrored (the comparer would report it); what this
+    // guards is that its ancestors were still finalized.
+    for rel in ["a/b", "a", ""] {
+        assert_eq!(
+            mode_and_mtime(t.replica(), rel),
+            mode_and_mtime(t.source(), rel),
+            "REPLICA {rel:?} was not finalized (mode, mtime s, ns):\n{run}"
+        );
+    }
+    assert_eq!(t.replica().read("a/b/f"), b"f");
+    assert_eq!(t.replica().read("a/g"), b"g");
+    assert_eq!(t.replica().read("top"), b"t");
 }
