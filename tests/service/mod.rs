@@ -12,12 +12,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_unchanged, bin, compare,
-    has_action, same_content, snapshot, temp_leftovers, wait_until,
+    CompareOptions, PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_same_with,
+    assert_unchanged, bin, compare, compare_with, has_action, same_content, snapshot,
+    temp_leftovers, wait_until,
 };
 
 /// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
@@ -519,5 +522,64 @@ fn queue_overflow_while_frozen_requests_a_full_pass_and_converges() {
     assert!(
         after.contains("full pass requested"),
         "converged, but no full pass was requested after the overflow; log:\n{after}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Regressions (review findings)
+
+#[test]
+fn rename_that_cannot_be_followed_leaves_no_old_name() {
+    // See: review finding 1
+    let t = Tree::new();
+    t.file("sub/f", b"one\n").file("top", b"top\n").file("keep", b"k");
+    let svc = running(&t, EVENTS_ONLY);
+    assert_same(t.src(), t.dst());
+
+    // Appended and renamed within one debounce: REPLICA's `f` no longer matches `g`'s size
+    // and mtime, so the rename is not followed and `g` is copied; `f` must still go.
+    append(&t, "sub/f", b"more\n");
+    t.rename("sub/f", "sub/g");
+    assert_converges(&t, &svc);
+
+    // Moved into a directory REPLICA does not have yet: no rename target to follow into.
+    t.dir("sub/newdir").rename("sub/g", "sub/newdir/g");
+    assert_converges(&t, &svc);
+
+    // The same right under SOURCE.
+    append(&t, "top", b"more\n");
+    t.rename("top", "top.renamed");
+    assert_converges(&t, &svc);
+}
+
+#[test]
+fn change_right_under_source_does_not_run_a_whole_pass() {
+    // See: review finding 5
+    let t = Tree::new();
+    for d in 0..5 {
+        for f in 0..10 {
+            t.file(format!("d{d}/f{f}"), format!("{d}/{f}\n"));
+        }
+    }
+    let svc = running(&t, EVENTS_ONLY);
+    assert_same(t.src(), t.dst());
+    // A sentinel only a whole pass would undo (REPLICA is not watched): if it survives the
+    // event work below, that work did not walk the tree.
+    t.replica().chmod("d3/f7", 0o600);
+    let sentinel = |p: &Path| p == Path::new("d3/f7");
+    let opts = CompareOptions { exclude: &sentinel, ..Default::default() };
+
+    t.file("top.txt", b"x\n");
+    if !wait_until(CONVERGE, || compare_with(t.src(), t.dst(), &opts).is_ok()) {
+        let diff = compare_with(t.src(), t.dst(), &opts).err().map(|d| d.to_string());
+        panic!("REPLICA did not converge\n{}\nlog:\n{}", diff.unwrap_or_default(), svc.log());
+    }
+    assert_same_with(t.src(), t.dst(), &opts);
+    assert_eq!(svc.count(PASS_COMPLETE), 1, "a second full pass ran:\n{}", svc.log());
+    assert_eq!(
+        t.replica().lstat("d3/f7").permissions().mode() & 0o7777,
+        0o600,
+        "a whole pass ran as event work for a change right under SOURCE; log:\n{}",
+        svc.log()
     );
 }
