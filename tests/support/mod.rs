@@ -1119,6 +1119,34 @@ impl Service {
     }
 }
 
+/// The inode numbers process `pid` holds inotify watches on (read from
+/// `/proc/<pid>/fdinfo`), so a test can wait until the watcher sees into a new directory.
+/// Empty if the process is gone.
+pub fn inotify_watched_inodes(pid: u32) -> Vec<u64> {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let mut inodes = Vec::new();
+    for fd in fds.filter_map(Result::ok) {
+        let is_inotify =
+            fs::read_link(fd.path()).is_ok_and(|l| l == Path::new("anon_inode:inotify"));
+        if !is_inotify {
+            continue;
+        }
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().display()))
+            .unwrap_or_default();
+        // "inotify wd:3 ino:a40008 sdev:fe00000 mask:3ee ..."; ino is hexadecimal.
+        inodes.extend(
+            info.lines()
+                .filter(|l| l.starts_with("inotify "))
+                .flat_map(str::split_whitespace)
+                .filter_map(|field| field.strip_prefix("ino:"))
+                .filter_map(|hex| u64::from_str_radix(hex, 16).ok()),
+        );
+    }
+    inodes
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
