@@ -1,8 +1,10 @@
 //! One-shot runs of the `replicad` binary (`--once`, `--dry-run`) against the contract in
 //! SPEC.md: one test per row of §1 ("what exact copy means"), per refusal and usage error
 //! of §2, the exit statuses, the log lines of §3, and the safety rules of §4 that a single
-//! pass can show (deletion guard, unlistable directories, planted symlinks, temp leftovers).
-//! Every result is judged by the oracle in `support`, never by replicad's own code.
+//! pass can show (deletion guard, unlistable directories, planted symlinks, temp leftovers),
+//! then regressions for review findings (some in a PID or mount namespace, skipped where
+//! `unshare` cannot make one). Every result is judged by the oracle in `support`, never by
+//! replicad's own code.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -830,11 +832,7 @@ fn unusable_replica_root_is_an_error_not_a_silent_success() {
 #[test]
 fn leftover_temp_files_are_removed_when_running_as_pid_1() {
     // See: review finding 3
-    if !Command::new("unshare")
-        .args(["--pid", "--fork", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
+    if !unshare_works(&["--pid", "--fork"]) {
         eprintln!("skipped: `unshare --pid --fork` (a PID namespace) is not available");
         return;
     }
@@ -877,20 +875,50 @@ fn read_only_source_directory_takes_later_changes_when_unprivileged() {
     assert_eq!(mode_and_mtime(t.replica(), "ro").0, 0o555, "{run}");
 }
 
+/// True if `unshare args... true` succeeds (the namespace kind is available here).
+fn unshare_works(args: &[&str]) -> bool {
+    Command::new("unshare").args(args).arg("true").status().is_ok_and(|s| s.success())
+}
+
 #[test]
-fn unopenable_directory_does_not_leave_its_ancestors_unfinalized() {
+fn unlistable_directory_does_not_leave_its_ancestors_unfinalized() {
     // See: review finding 6
+    if !unshare_works(&["--mount"]) {
+        eprintln!("skipped: `unshare --mount` (a mount namespace) is not available");
+        return;
+    }
     let t = Tree::new();
     t.file("a/b/f", b"f").file("a/g", b"g").dir("a/b/secret").file("top", b"t");
-    t.give_to(NOBODY, NOBODY);
-    t.chmod("a/b/secret", 0o000).chmod("a/b", 0o751).chmod("a", 0o705).chmod("", 0o750);
+    t.chmod("a/b", 0o751).chmod("a", 0o705).chmod("", 0o750);
     // Deepest first: setting a child's mtime does not move its parent's, but be explicit.
     t.mtime("a/b", 1_300_000_000, 111).mtime("a", 1_300_000_001, 222).mtime("", 1_300_000_002, 333);
-    let run = t.once_as_nobody(&[]);
+    // A directory that opens but cannot be listed: in a private mount namespace, `secret`
+    // is covered by a bind mount of a directory that is then removed (getdents on a
+    // removed directory fails with ENOENT). Mode 000 would not do: that fails the open.
+    let gone = t.base().join("gone");
+    fs::create_dir(&gone).unwrap();
+    let run = Run::of(
+        wrapper("unshare")
+            .args([
+                "--mount",
+                "sh",
+                "-c",
+                r#"mount --bind "$1" "$2" && rmdir "$1" || exit 97; shift 2; exec "$@""#,
+                "sh",
+            ])
+            .arg(&gone)
+            .arg(t.join("a/b/secret"))
+            .arg(bin())
+            .arg("--once")
+            .arg(t.src())
+            .arg(t.dst()),
+    );
+    assert_ne!(run.code, Some(97), "setting up the unlistable directory failed:\n{run}");
     run.assert_code(23);
-    assert!(!run.lines_with("secret").is_empty(), "the error names the directory:\n{run}");
-    // a/b/secret itself cannot be mirrored (the comparer would report it); what this
-    // guards is that its ancestors were still finalized.
+    assert!(!run.lines_with("a/b/secret").is_empty(), "the error names the directory:\n{run}");
+    // `secret` itself cannot be mirrored; what this guards is that its ancestors were
+    // still finalized (modes and mtimes are set after the children, so a stuck child
+    // left them at the private 0700 with the mtime of their creation).
     for rel in ["a/b", "a", ""] {
         assert_eq!(
             mode_and_mtime(t.replica(), rel),
