@@ -7,20 +7,21 @@
 //! periodic passes, undoing edits made in REPLICA, SIGTERM/SIGINT/SIGKILL in the middle of
 //! a large copy, the run-time deletion guard, systemd's READY=1/STOPPING=1, the watch limit
 //! (in a user namespace, NOTES.md §1.10), event queue overflow (SIGSTOP) and the
-//! `--checksum` feedback loop. No test sleeps to wait: pauses that are part of a scenario
-//! (appending for 3 s, watching an idle service) say so.
+//! `--checksum` feedback loop, then regressions for review findings (renames that cannot
+//! be followed, changes right under SOURCE). No test sleeps to wait: pauses that are part of
+//! a scenario (appending for 3 s, watching an idle service) say so.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{
     CompareOptions, PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_same_with,
-    assert_unchanged, bin, compare, compare_with, has_action, same_content, snapshot,
-    temp_leftovers, wait_until,
+    assert_unchanged, bin, compare, compare_with, has_action, inotify_watched_inodes, same_content,
+    snapshot, temp_leftovers, wait_until,
 };
 
 /// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
@@ -528,28 +529,59 @@ fn queue_overflow_while_frozen_requests_a_full_pass_and_converges() {
 // ------------------------------------------------------------------------------------------
 // Regressions (review findings)
 
+// Renames that cannot be followed in REPLICA (the worker copies `to` instead) must still
+// remove the old name, not leave it for the next pass (an hour away here).
+
 #[test]
-fn rename_that_cannot_be_followed_leaves_no_old_name() {
+fn rename_right_after_an_append_leaves_no_old_name() {
+    // See: review finding 1
+    event_case(
+        |t| {
+            t.file("sub/f", b"one\n").file("sub/keep", b"k");
+        },
+        |t| {
+            // Within one debounce: REPLICA's `f` no longer matches `g`'s size and mtime, so
+            // the rename is declined and `g` copied.
+            append(t, "sub/f", b"more\n");
+            t.rename("sub/f", "sub/g");
+        },
+    );
+}
+
+#[test]
+fn move_into_a_new_directory_leaves_no_old_name() {
     // See: review finding 1
     let t = Tree::new();
-    t.file("sub/f", b"one\n").file("top", b"top\n").file("keep", b"k");
+    t.file("sub/g", b"one\n").file("sub/keep", b"k");
     let svc = running(&t, EVENTS_ONLY);
     assert_same(t.src(), t.dst());
-
-    // Appended and renamed within one debounce: REPLICA's `f` no longer matches `g`'s size
-    // and mtime, so the rename is not followed and `g` is copied; `f` must still go.
-    append(&t, "sub/f", b"more\n");
-    t.rename("sub/f", "sub/g");
+    t.dir("sub/newdir");
+    // The move must be reported with both ends, so the watcher has to see into `newdir`
+    // first (a move into an unwatched directory reports only the old name, which is then
+    // simply removed); it still comes well within `newdir`'s debounce, so REPLICA has no
+    // `newdir` to rename into yet.
+    let ino = t.lstat("sub/newdir").ino();
+    assert!(
+        wait_until(CONVERGE, || inotify_watched_inodes(svc.pid()).contains(&ino)),
+        "the new directory was never watched; log:\n{}",
+        svc.log()
+    );
+    t.rename("sub/g", "sub/newdir/g");
     assert_converges(&t, &svc);
+}
 
-    // Moved into a directory REPLICA does not have yet: no rename target to follow into.
-    t.dir("sub/newdir").rename("sub/g", "sub/newdir/g");
-    assert_converges(&t, &svc);
-
-    // The same right under SOURCE.
-    append(&t, "top", b"more\n");
-    t.rename("top", "top.renamed");
-    assert_converges(&t, &svc);
+#[test]
+fn rename_right_under_source_after_an_append_leaves_no_old_name() {
+    // See: review finding 1
+    event_case(
+        |t| {
+            t.file("top", b"one\n").file("keep", b"k");
+        },
+        |t| {
+            append(t, "top", b"more\n");
+            t.rename("top", "top.renamed");
+        },
+    );
 }
 
 #[test]
