@@ -555,7 +555,10 @@ impl Engine {
             }
             (Action::Descend, Some(src)) => {
                 if let Some(dst) = &dst {
-                    self.sync_dir_attrs_at(dst_dir, &name, rel, &src, dst, counters);
+                    let fixed = self.apply_attrs(Some(dst_dir), &name, rel, &src, dst, counters);
+                    if let Err(e) = fixed {
+                        self.record(counters, e);
+                    }
                 }
             }
             (action, src) => {
@@ -584,28 +587,6 @@ impl Engine {
             if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_dir, &src, diff) }
         });
         if let Err(e) = result {
-            self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
-        }
-    }
-
-    fn sync_dir_attrs_at(
-        &self,
-        dst_dir: &OwnedFd,
-        name: &CStr,
-        rel: &RelPath,
-        src: &Entry,
-        dst: &Entry,
-        counters: &Counters,
-    ) {
-        let diff = src.attr_diff(dst, self.rules.owners);
-        if diff.is_empty() {
-            return;
-        }
-        self.log_attrs(rel, diff);
-        Counters::bump(&counters.attrs, 1);
-        if !self.opts.dry_run
-            && let Err(e) = ops::set_attrs_at(dst_dir.as_fd(), name, Kind::Dir, src, diff)
-        {
             self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
         }
     }
