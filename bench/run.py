@@ -449,6 +449,18 @@ def fs_type(path: Path) -> str:
     return f"{best[1]} ({best[2]} on {best[0]})"
 
 
+def load_now() -> str:
+    """1-minute load average and CPU pressure (PSI some avg60), if known."""
+    out = f"load {os.getloadavg()[0]:.1f}"
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        out += f", cpu pressure {some[2].split('=')[1]}%"
+    except (OSError, IndexError):
+        pass
+    return out
+
+
 def machine_info(data: Path, replicad: Path | None) -> dict:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
@@ -563,6 +575,7 @@ def main(argv=None) -> int:
     trees = prepare_trees(args, data)
     bench = Bench(args, data, trees, replicad)
     started = time.time()
+    load_before = load_now()
     if "first" in args.scenarios:
         bench.first_copy()
     if "noop" in args.scenarios:
@@ -575,6 +588,7 @@ def main(argv=None) -> int:
 
     rows = summarize(bench.results)
     info = machine_info(data, replicad)
+    info["machine load"] = f"at start: {load_before}; at end: {load_now()}"
     report(args, rows, info, trees, data)
     out = data / "results" / time.strftime(f"{args.profile}-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(exist_ok=True)
