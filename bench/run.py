@@ -498,6 +498,7 @@ def report(args, rows, info, trees, data: Path):
     print(corpus_line(args, trees))
     print(f"{args.runs} runs per tool and scenario, tools interleaved, {cache}; "
           f"×base = tool median / {rows[0]['base_tool'] if rows else '?'} median")
+    print(f"machine load {info['machine load']}")
     print()
     print(text_table(rows))
     for r in rows:
