@@ -1,0 +1,607 @@
+#!/usr/bin/env python3
+"""Benchmark driver: replicad vs rsync vs cp vs a bare stat-walk, in one run.
+
+    python3 bench/run.py --profile small            # ~1 minute
+    python3 bench/run.py --profile default --runs 5 --markdown
+
+On the same trees and in the same run it measures three scenarios:
+
+  first copy  SOURCE -> empty REPLICA: replicad --once, rsync -a --delete, cp -a
+  no-op       REPLICA already identical: replicad --once, rsync -a --delete,
+              and a bare stat-walk of both trees (find ... -printf '%s %T@\\n')
+  1% changed  REPLICA identical to SOURCE before bench/mutate.py changed ~1%
+              of SOURCE's files: replicad --once, rsync -a --delete
+
+Each tool has its own replica directory.  Every tool runs --runs times per
+scenario; the tools take turns within each round (the order rotates every
+round) so that noise on a shared machine spreads over all of them.  Before
+every measured run the precondition is restored, untimed:
+  first copy  rm -rf the replica;
+  no-op       the replica was made once with cp -a from a pristine mirror
+              (a no-op pass leaves it as it is; each run checks that);
+  1% changed  rm -rf the replica, cp -a the pristine mirror of the unchanged
+              source into it.  The changed source is made once per corpus by
+              cp -a of the pristine source plus the seeded mutation, and is
+              only read by the tools, so every run of every tool gets
+              byte-identical input.
+then `sync` (untimed), and with --cold the page cache is dropped.
+
+Per run it records wall time, user+sys CPU and peak RSS (from wait4(2), like
+GNU time's %M: the largest single process of the tool's process tree), and
+for the scenarios that write, the time of a `sync` right after the tool
+("+sync": replicad ends each pass with syncfs(2) of REPLICA, rsync and cp do
+not, so tool time + sync time is the like-for-like "data on disk" figure).
+After every run of replicad, rsync and cp the replica is compared with the
+source by bench/treecmp.py (type, size, mode, mtime ns, owner, link target;
+file bytes too on the first round); mismatches are reported, not fatal.
+
+Corpora live outside the repository, in --data-dir (default: ../benchdata
+next to the repository root), one directory per profile, and are reused by
+later runs while profile, seed and generator version are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import corpus  # noqa: E402
+import mutate  # noqa: E402
+import treecmp  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# Rough on-disk size of one tree (4 KiB blocks included), for the space check.
+TREE_GIB = {"small": 0.25, "default": 2.2, "huge": 4.5}
+MUTATE_SEED = 2
+WALK_FORMAT = "%s %T@\n"
+
+
+# ---------------------------------------------------------------- running ---
+@dataclass
+class Sample:
+    """One measured run of one tool."""
+
+    wall: float
+    cpu: float
+    rss_kib: int
+    rc: int
+    sync: float | None = None
+    diffs: int | None = None      # None: not checked
+    examples: list = field(default_factory=list)
+
+
+def sh(*cmd, check=True):
+    """Run an untimed helper command."""
+    return subprocess.run([str(c) for c in cmd], check=check,
+                          stdin=subprocess.DEVNULL)
+
+
+def drop_caches():
+    """Write back dirty data and drop the page cache (root only)."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as e:
+        sys.exit(f"run.py: --cold needs root (drop_caches: {e})")
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def timed(cmd, log_path: Path, timeout: float):
+    """Run cmd; return (wall s, user+sys s, peak RSS KiB, exit status).
+
+    Wall time is taken here.  CPU and peak RSS come from GNU time when it is
+    installed: a child forked by Python starts with Python's resident set
+    (~40 MiB) as its high-water mark, which would hide small tools' RSS.
+    Without GNU time, wait4(2) is used and RSS has that floor."""
+    use_time = os.access(GNU_TIME, os.X_OK)
+    rfile = log_path.with_suffix(".rusage")
+    full = [GNU_TIME, "-f", "%M %U %S", "-o", rfile] if use_time else []
+    full += cmd
+    with open(log_path, "wb") as log:
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(c) for c in full], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=log,
+                             start_new_session=True)
+
+        def kill():
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - t0
+    p.returncode = rc = os.waitstatus_to_exitcode(status)  # Popen must not reap
+    cpu, rss = ru.ru_utime + ru.ru_stime, ru.ru_maxrss
+    if use_time:
+        try:
+            last = rfile.read_text().strip().splitlines()[-1].split()
+            rss, cpu = int(last[0]), float(last[1]) + float(last[2])
+        except (OSError, IndexError, ValueError):
+            pass  # killed: keep wait4's figures
+    return wall, cpu, rss, rc
+
+
+# ------------------------------------------------------------------ tools ---
+def tool_cmd(tool: str, src: Path, dst: Path, replicad: Path | None,
+             replicad_args: list) -> list:
+    """The measured command line of a tool."""
+    if tool == "replicad":
+        return [replicad, "--once", *replicad_args, src, dst]
+    if tool == "rsync":
+        return ["rsync", "-a", "--delete", f"{src}/", f"{dst}/"]
+    if tool == "cp":
+        return ["cp", "-a", src, dst]
+    if tool == "walk":
+        return ["find", src, dst, "-printf", WALK_FORMAT]
+    raise ValueError(tool)
+
+
+def find_replicad(arg: str | None) -> Path | None:
+    """The replicad binary: --replicad, else target/release/replicad of this
+    repository (built with cargo when missing).  None when unavailable."""
+    if arg:
+        p = Path(arg).resolve()
+        if not os.access(p, os.X_OK):
+            sys.exit(f"run.py: --replicad {arg}: not an executable file")
+        return p
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    p = (target / "release" / "replicad").resolve()
+    if not p.exists() and shutil.which("cargo") and (REPO / "Cargo.toml").exists():
+        print(f"building replicad (cargo build --release in {REPO}) ...", flush=True)
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO)
+    if os.access(p, os.X_OK):
+        return p
+    print(f"run.py: NOTE replicad not available at {p} (build failed or no cargo);"
+          " measuring rsync, cp and find only. Pass --replicad PATH to use another"
+          " binary.", file=sys.stderr)
+    return None
+
+
+def version_of(cmd) -> str:
+    """First line of `cmd --version`, or 'unknown'."""
+    try:
+        out = subprocess.run([str(c) for c in cmd] + ["--version"], capture_output=True,
+                             text=True, timeout=10)
+        line = (out.stdout or out.stderr).strip().splitlines()
+        return line[0] if line and out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+# ------------------------------------------------------------------ trees ---
+def ensure_tree(path: Path, stamp: dict, build) -> bool:
+    """Reuse path if its stamp file matches, else rebuild it with build().
+    Returns True when it was rebuilt."""
+    stamp_file = path.with_name(path.name + ".stamp")
+    want = json.dumps(stamp, sort_keys=True)
+    if path.exists() and stamp_file.exists() and stamp_file.read_text() == want:
+        return False
+    stamp_file.unlink(missing_ok=True)
+    if path.exists():
+        sh("rm", "-rf", path)
+    build()
+    stamp_file.write_text(want)
+    return True
+
+
+def check_space(data: Path, profile: str, missing_trees: int):
+    """Refuse to start when the data dir's filesystem is too small."""
+    data.mkdir(parents=True, exist_ok=True)
+    need = TREE_GIB[profile] * missing_trees + 1
+    free = shutil.disk_usage(data).free / 2**30
+    if free < need:
+        sys.exit(f"run.py: {data} has {free:.1f} GiB free, this profile needs "
+                 f"about {need:.1f} GiB more (see --data-dir)")
+
+
+def prepare_trees(args, data: Path) -> dict:
+    """Make (or reuse) the pristine source, its pristine mirror and the
+    changed source.  Returns paths and facts about them."""
+    src, base, mut = data / "src", data / "base", data / "src-mut"
+    s_stamp = {"profile": args.profile, "seed": args.seed,
+               "corpus_version": corpus.CORPUS_VERSION}
+    info = {}
+
+    def build_src():
+        print(f"generating corpus {args.profile} seed={args.seed} in {src} ...",
+              flush=True)
+        st = corpus.generate(str(src), args.profile, args.seed)
+        print(f"  {st['files']} files, {st['bytes'] / 2**20:.0f} MiB in "
+              f"{st['seconds']}s", flush=True)
+
+    def build_base():
+        sh("cp", "-a", src, base)
+
+    def build_mut():
+        sh("cp", "-a", src, mut)
+        s = mutate.mutate(str(mut), MUTATE_SEED, percent=args.percent)
+        print(f"  mutated copy: {sum(s['ops'].values())} changes touching "
+              f"{s['touched']} files: {s['ops']}", flush=True)
+        (data / "src-mut.changes.json").write_text(json.dumps(s))
+
+    ensure_tree(src, s_stamp, build_src)
+    ensure_tree(base, {**s_stamp, "tree": "base"}, build_base)
+    ensure_tree(mut, {**s_stamp, "tree": "mut", "mutate_seed": MUTATE_SEED,
+                      "percent": args.percent}, build_mut)
+    changes = data / "src-mut.changes.json"
+    info["changes"] = json.loads(changes.read_text()) if changes.exists() else {}
+    return {"src": src, "base": base, "mut": mut, **info}
+
+
+# ------------------------------------------------------------------ bench ---
+class Bench:
+    """Runs the scenarios and collects Samples per (scenario, tool)."""
+
+    def __init__(self, args, data: Path, trees: dict, replicad: Path | None):
+        self.args = args
+        self.trees = trees
+        self.replicad = replicad
+        self.logs = data / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.reps = {t: data / f"rep-{t}" for t in ("replicad", "rsync", "cp")}
+        self.results: dict[tuple, list] = {}
+        self.snaps = {}
+
+    def tools(self, wanted):
+        return [t for t in wanted
+                if t in self.args.tools and (t != "replicad" or self.replicad)]
+
+    def snap(self, key: str):
+        if key not in self.snaps:
+            self.snaps[key] = treecmp.snapshot(self.trees[key])
+        return self.snaps[key]
+
+    def measure(self, scenario, tool, src: Path, dst: Path, *, sync_after,
+                check_key=None, content=False):
+        """One measured run, then (optionally) the replica check."""
+        if self.args.cold:
+            drop_caches()
+        else:
+            os.sync()
+        cmd = tool_cmd(tool, src, dst, self.replicad, self.args.replicad_arg)
+        log = self.logs / f"{scenario}-{tool}.log"
+        wall, cpu, rss, rc = timed(cmd, log, self.args.timeout)
+        s = Sample(wall, cpu, rss, rc)
+        if sync_after:
+            t0 = time.perf_counter()
+            os.sync()
+            s.sync = time.perf_counter() - t0
+        if check_key:
+            s.diffs, s.examples = treecmp.compare(
+                self.snap(check_key), treecmp.snapshot(dst),
+                self.trees[check_key], dst, content=content, limit=5)
+        self.results.setdefault((scenario, tool), []).append(s)
+        mark = "" if not s.diffs else f"  MISMATCH {s.diffs} paths"
+        print(f"  {scenario:<11} {tool:<8} {wall:8.3f}s  rc={rc}{mark}", flush=True)
+        return s
+
+    def rounds(self, tools):
+        """(round, tool) pairs, the tool order rotating every round."""
+        for r in range(self.args.runs):
+            k = r % len(tools)
+            for tool in tools[k:] + tools[:k]:
+                yield r, tool
+
+    def first_copy(self):
+        src = self.trees["src"]
+        for r, tool in self.rounds(self.tools(["replicad", "rsync", "cp"])):
+            dst = self.reps[tool]
+            sh("rm", "-rf", dst)
+            self.measure("first copy", tool, src, dst, sync_after=True,
+                         check_key="src", content=(r == 0))
+
+    def noop(self):
+        src, base = self.trees["src"], self.trees["base"]
+        tools = self.tools(["replicad", "rsync", "walk"])
+        for tool in tools:
+            if tool != "walk":
+                sh("rm", "-rf", self.reps[tool])
+                sh("cp", "-a", base, self.reps[tool])
+        for _, tool in self.rounds(tools):
+            if tool == "walk":
+                self.measure("no-op", tool, src, base, sync_after=False)
+            else:
+                self.measure("no-op", tool, src, self.reps[tool],
+                             sync_after=False, check_key="src")
+
+    def changed(self):
+        mut, base = self.trees["mut"], self.trees["base"]
+        for r, tool in self.rounds(self.tools(["replicad", "rsync"])):
+            dst = self.reps[tool]
+            sh("rm", "-rf", dst)
+            sh("cp", "-a", base, dst)
+            self.measure("1% changed", tool, mut, dst, sync_after=True,
+                         check_key="mut", content=(r == 0))
+
+
+# ---------------------------------------------------------------- report ---
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def summarize(results: dict) -> list:
+    """One row per (scenario, tool) with medians, ranges and ratios."""
+    rows = []
+    for scenario in ("first copy", "no-op", "1% changed"):
+        tools = [t for (s, t) in results if s == scenario]
+        base_tool = "replicad" if "replicad" in tools else "rsync"
+        ref = results.get((scenario, base_tool))
+        ref_wall = med([s.wall for s in ref]) if ref else None
+        ref_sync = (med([s.wall + s.sync for s in ref])
+                    if ref and ref[0].sync is not None else None)
+        for tool in tools:
+            ss = results[(scenario, tool)]
+            walls = [s.wall for s in ss]
+            row = {
+                "scenario": scenario, "tool": tool, "runs": len(ss),
+                "median": med(walls), "min": min(walls), "max": max(walls),
+                "ratio": med(walls) / ref_wall if ref_wall else None,
+                "cpu": med([s.cpu for s in ss]),
+                "rss_mib": max(s.rss_kib for s in ss) / 1024,
+                "rcs": sorted({s.rc for s in ss}),
+                "base_tool": base_tool,
+            }
+            if ss[0].sync is not None:
+                row["synced"] = med([s.wall + s.sync for s in ss])
+                row["synced_ratio"] = row["synced"] / ref_sync if ref_sync else None
+            checked = [s for s in ss if s.diffs is not None]
+            bad = [s for s in checked if s.diffs]
+            row["check"] = ("-" if not checked else
+                            f"ok {len(checked)}/{len(checked)}" if not bad else
+                            f"DIFF {len(bad)}/{len(checked)}")
+            row["examples"] = bad[0].examples if bad else []
+            rows.append(row)
+    return rows
+
+
+def fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+COLUMNS = ("scenario", "tool", "median s", "min–max s", "×base",
+           "+sync s", "×base", "cpu s", "RSS MiB", "exit", "replica")
+
+
+def row_cells(r) -> list:
+    return [r["scenario"], r["tool"], fmt(r["median"]),
+            f"{r['min']:.3f}–{r['max']:.3f}", fmt(r["ratio"], ".2f"),
+            fmt(r.get("synced")), fmt(r.get("synced_ratio"), ".2f"),
+            fmt(r["cpu"], ".2f"), fmt(r["rss_mib"], ".1f"),
+            ",".join(map(str, r["rcs"])), r["check"]]
+
+
+def text_table(rows) -> str:
+    cells = [list(COLUMNS)] + [row_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(c))) for c in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |",
+             "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def targets(rows) -> list:
+    """SPEC.md section 5 targets that this run can judge, as text lines."""
+    get = {(r["scenario"], r["tool"]): r for r in rows}
+    out = []
+
+    def judge(label, a, b, key, limit, faster=False):
+        ra, rb = get.get(a), get.get(b)
+        if not ra or not rb or ra.get(key) is None or rb.get(key) is None:
+            return
+        ratio = rb[key] / ra[key] if faster else ra[key] / rb[key]
+        ok = ratio >= limit if faster else ratio <= limit
+        what = f"{b[1]}/{a[1]} = {ratio:.2f} (need ≥ {limit})" if faster else \
+            f"{a[1]}/{b[1]} = {ratio:.2f} (need ≤ {limit})"
+        out.append(f"{'met   ' if ok else 'MISSED'} {label}: {what}")
+
+    for key, note in (("median", "tool time"), ("synced", "tool + sync")):
+        judge(f"first copy faster than rsync [{note}]",
+              ("first copy", "replicad"), ("first copy", "rsync"), key, 1.0, True)
+        judge(f"first copy within 1.3× of cp -a [{note}]",
+              ("first copy", "replicad"), ("first copy", "cp"), key, 1.3)
+    judge("no-op at least 3× faster than rsync", ("no-op", "replicad"),
+          ("no-op", "rsync"), "median", 3.0, True)
+    judge("no-op within 1.5× of a bare stat-walk", ("no-op", "replicad"),
+          ("no-op", "walk"), "median", 1.5)
+    for key, note in (("median", "tool time"), ("synced", "tool + sync")):
+        judge(f"1% changed faster than rsync [{note}]", ("1% changed", "replicad"),
+              ("1% changed", "rsync"), key, 1.0, True)
+    return out
+
+
+def fs_type(path: Path) -> str:
+    """Filesystem type and device of the mount holding path."""
+    path = str(path.resolve())
+    best = ("", "?", "?")
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, mnt, typ = line.split()[:3]
+            if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) \
+                    and len(mnt) >= len(best[0]):
+                best = (mnt, typ, dev)
+    return f"{best[1]} ({best[2]} on {best[0]})"
+
+
+def load_now() -> str:
+    """1-minute load average and CPU pressure (PSI some avg60), if known."""
+    out = f"load {os.getloadavg()[0]:.1f}"
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        out += f", cpu pressure {some[2].split('=')[1]}%"
+    except (OSError, IndexError):
+        pass
+    return out
+
+
+def machine_info(data: Path, replicad: Path | None) -> dict:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "nproc": len(os.sched_getaffinity(0)), "cpu": cpu,
+        "memory": f"{mem_kib / 2**20:.0f} GiB", "kernel": platform.release(),
+        "filesystem": fs_type(data), "python": platform.python_version(),
+        "replicad": f"{replicad} ({version_of([replicad])})" if replicad else "absent",
+        "rsync": version_of(["rsync"]), "cp": version_of(["cp"]),
+        "find": version_of(["find"]),
+    }
+
+
+def corpus_line(args, trees) -> str:
+    p = corpus.PROFILES[args.profile]
+    big = sum(p.large) + p.medium * corpus.MEDIUM_SIZE
+    ch = trees.get("changes", {})
+    return (f"profile {args.profile} (seed {args.seed}): {p.files:,} files "
+            f"(incl. {p.medium} × 1 MiB and {len(p.large)} large: "
+            f"{big / 2**20:.0f} MiB), {p.symlinks} symlinks, {p.fifos} FIFOs; "
+            f"1% changed = {sum(ch.get('ops', {}).values())} changes touching "
+            f"{ch.get('touched', '?')} files")
+
+
+def report(args, rows, info, trees, data: Path):
+    cache = "cold (caches dropped before each run)" if args.cold else \
+        "warm page cache"
+    print()
+    print(corpus_line(args, trees))
+    print(f"{args.runs} runs per tool and scenario, tools interleaved, {cache}; "
+          f"×base = tool median / {rows[0]['base_tool'] if rows else '?'} median")
+    print(f"machine load {info['machine load']}")
+    print()
+    print(text_table(rows))
+    for r in rows:
+        for ex in r["examples"]:
+            print(f"  {r['scenario']} / {r['tool']}: {ex}")
+    lines = targets(rows)
+    if lines:
+        print("\nSPEC.md §5 targets (medians):")
+        for line in lines:
+            print("  " + line)
+    if args.markdown:
+        print("\n" + "-" * 72 + "\n")
+        print(f"**{corpus_line(args, trees)}.** {args.runs} runs each, tools "
+              f"interleaved, {cache}. Times in seconds (median and min–max); "
+              "×base is the ratio of medians to replicad's; +sync adds a "
+              "`sync` after the tool (replicad already ends with syncfs); RSS "
+              "is the peak of the largest process.\n")
+        print(markdown_table(rows))
+        print()
+        for k, v in info.items():
+            print(f"- {k}: {v}")
+        if lines:
+            print()
+            for line in lines:
+                print(f"- {line}")
+
+
+# ------------------------------------------------------------------- main ---
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(
+        description="replicad benchmark driver (see bench/README.md)")
+    ap.add_argument("--profile", choices=sorted(corpus.PROFILES), default="small")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=1, help="corpus seed")
+    ap.add_argument("--percent", type=float, default=1.0,
+                    help="share of files changed for the third scenario")
+    ap.add_argument("--replicad", help="replicad binary (default: "
+                    "target/release/replicad of the repo, built if missing)")
+    ap.add_argument("--replicad-arg", action="append", default=[],
+                    help="extra argument for replicad --once (repeatable)")
+    ap.add_argument("--data-dir", default=str(REPO.parent / "benchdata"),
+                    help="where corpora and replicas go (default: %(default)s)")
+    ap.add_argument("--tools", default="replicad,rsync,cp,walk",
+                    help="comma-separated subset of replicad,rsync,cp,walk")
+    ap.add_argument("--scenarios", default="first,noop,changed",
+                    help="comma-separated subset of first,noop,changed")
+    ap.add_argument("--cold", action="store_true",
+                    help="sync and drop the page cache before each measured run")
+    ap.add_argument("--markdown", action="store_true",
+                    help="also print a README-ready table with machine info")
+    ap.add_argument("--timeout", type=float, default=3600,
+                    help="kill a measured run after this many seconds")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the replicas (rep-*) afterwards")
+    args = ap.parse_args(argv)
+    args.tools = args.tools.split(",")
+    args.scenarios = args.scenarios.split(",")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    data = Path(args.data_dir).resolve() / args.profile
+    if REPO in data.parents:
+        sys.exit(f"run.py: --data-dir must be outside the repository ({data})")
+    missing = sum(not (data / n).exists() for n in
+                  ("src", "base", "src-mut", "rep-replicad", "rep-rsync", "rep-cp"))
+    check_space(data, args.profile, missing)
+    replicad = find_replicad(args.replicad) if "replicad" in args.tools else None
+    for tool, exe in (("rsync", "rsync"), ("cp", "cp"), ("walk", "find")):
+        if tool in args.tools and not shutil.which(exe):
+            print(f"run.py: NOTE {exe} not found; skipping {tool}", file=sys.stderr)
+            args.tools.remove(tool)
+
+    trees = prepare_trees(args, data)
+    bench = Bench(args, data, trees, replicad)
+    started = time.time()
+    load_before = load_now()
+    if "first" in args.scenarios:
+        bench.first_copy()
+    if "noop" in args.scenarios:
+        bench.noop()
+    if "changed" in args.scenarios:
+        bench.changed()
+    if not args.keep:
+        for rep in bench.reps.values():
+            sh("rm", "-rf", rep)
+
+    rows = summarize(bench.results)
+    info = machine_info(data, replicad)
+    info["machine load"] = f"at start: {load_before}; at end: {load_now()}"
+    report(args, rows, info, trees, data)
+    out = data / "results" / time.strftime(f"{args.profile}-%Y%m%d-%H%M%S.json")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({
+        "args": {k: v for k, v in vars(args).items()}, "machine": info,
+        "started": started, "rows": rows,
+        "samples": {f"{s}/{t}": [vars(x) for x in ss]
+                    for (s, t), ss in bench.results.items()},
+    }, indent=1, default=str))
+    print(f"\nraw results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
