@@ -25,6 +25,9 @@ use crate::watch::{Excluder, Watch};
 /// seconds, not only each interval").
 const GUARD_RECHECK: Duration = Duration::from_secs(3);
 
+/// First delay when full-pass requests keep following passes that found nothing.
+const OVERFLOW_BACKOFF_MIN: Duration = Duration::from_secs(5);
+
 /// How long shutdown waits for in-flight work (copies check cancellation between chunks).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -109,6 +112,8 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     ticks.tick().await; // the first tick is immediate: the first pass starts now
     let mut first = true;
     let mut status = 0;
+    let mut previous_wake = Wake::Interval;
+    let mut backoff = Duration::ZERO;
     loop {
         let report = match full_pass_guarded(&engine, &exclusive, &cancel, watchdog).await {
             PassRun::Done(report) => report,
@@ -135,10 +140,25 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
         }
         watcher.rearm_if_source_replaced();
         let guard_held = report.guard.is_some();
-        let woke = wait_for_next_pass(&mut ticks, &full_pass, &cancel, guard_held, watchdog).await;
-        if !woke {
-            break;
+        let wake = wait_for_next_pass(&mut ticks, &full_pass, &cancel, guard_held, watchdog).await;
+        match wake {
+            Wake::Stop => break,
+            Wake::Requested if previous_wake == Wake::Requested && report.counts.changes() == 0 => {
+                backoff = (backoff * 2).clamp(OVERFLOW_BACKOFF_MIN, config.interval);
+                info!(
+                    delay = ?backoff,
+                    "full pass requested again right after one that found nothing: on a tree \
+                     this large the pass's own directory reads can overflow inotify's event \
+                     queue (fs.inotify.max_queued_events); waiting before the next one"
+                );
+                if !pause(backoff, &cancel).await {
+                    break;
+                }
+            }
+            Wake::Requested => {}
+            Wake::Interval | Wake::Recheck => backoff = Duration::ZERO,
         }
+        previous_wake = wake;
     }
 
     info!("stopping: waiting for in-flight work");
@@ -198,28 +218,48 @@ async fn full_pass_guarded(
     }
 }
 
+/// Why the next pass starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Shutdown: no next pass.
+    Stop,
+    /// The interval elapsed.
+    Interval,
+    /// A full pass was requested (queue overflow, lost events, watch error).
+    Requested,
+    /// The deletion guard holds: look at SOURCE again.
+    Recheck,
+}
+
+/// Sleeps for `delay`; `false` if shutdown came first.
+async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
 /// Waits for the next reason to run a pass: the interval, a full-pass request (overflow,
-/// lost events), or — while the deletion guard holds — a short re-check timer. `false` on
-/// shutdown.
+/// lost events), or — while the deletion guard holds — a short re-check timer.
 async fn wait_for_next_pass(
     ticks: &mut tokio::time::Interval,
     full_pass: &Notify,
     cancel: &CancellationToken,
     guard_held: bool,
     watchdog: Option<Duration>,
-) -> bool {
+) -> Wake {
     let recheck = tokio::time::sleep(if guard_held { GUARD_RECHECK } else { Duration::MAX / 4 });
     tokio::pin!(recheck);
     let mut pings = watchdog.map(tokio::time::interval);
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return false,
-            _ = ticks.tick() => return true,
+            () = cancel.cancelled() => return Wake::Stop,
+            _ = ticks.tick() => return Wake::Interval,
             () = full_pass.notified() => {
                 info!("full pass requested: events may have been lost");
-                return true;
+                return Wake::Requested;
             }
-            () = &mut recheck => return true,
+            () = &mut recheck => return Wake::Recheck,
             _ = tick_opt(&mut pings) => notify_systemd(&[NotifyState::Watchdog]),
         }
     }
