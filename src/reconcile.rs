@@ -1508,3 +1508,97 @@ fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<b
     let own = ops::open_dir_at(dir, c".")?;
     Ok(!ops::has_entry(&own, |name| !ignore(name.to_bytes()))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Time;
+
+    fn entry(kind: Kind) -> Entry {
+        Entry {
+            kind,
+            mode: 0o644,
+            size: 10,
+            blocks: 8,
+            mtime: Time { sec: 100, nsec: 5 },
+            ctime: Time { sec: 100, nsec: 5 },
+            uid: 1,
+            gid: 1,
+            dev: 1,
+            ino: 1,
+            rdev: 0,
+        }
+    }
+
+    fn with(kind: Kind, change: impl FnOnce(&mut Entry)) -> Entry {
+        let mut e = entry(kind);
+        change(&mut e);
+        e
+    }
+
+    /// name, source entry, replica entry, rules, "same link target", expected action.
+    type Case = (&'static str, Option<Entry>, Option<Entry>, Rules, bool, Action);
+
+    #[test]
+    fn decide_table() {
+        let file = entry(Kind::File);
+        let dir = entry(Kind::Dir);
+        let link = entry(Kind::Symlink);
+        let fifo = entry(Kind::Fifo);
+        let dev = with(Kind::CharDevice, |e| e.rdev = 7);
+        let plain = Rules { owners: true, checksum: false };
+        let checksum = Rules { owners: true, checksum: true };
+        let no_owners = Rules { owners: false, checksum: false };
+        let mode_only = AttrDiff { mode: true, mtime: false, owner: false };
+        let owner_only = AttrDiff { mode: false, mtime: false, owner: true };
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            ("nothing on either side", None, None, plain, true, Action::Nothing),
+            ("replica only: remove", None, Some(file.clone()), plain, true, Action::Remove),
+            ("replica-only dir: remove", None, Some(dir.clone()), plain, true, Action::Remove),
+            ("new file: create", Some(file.clone()), None, plain, true, Action::Create),
+            ("source dir: descend", Some(dir.clone()), None, plain, true, Action::Descend),
+            ("dir over a file: descend (replaces)", Some(dir.clone()), Some(file.clone()), plain, true, Action::Descend),
+            ("socket: skip", Some(entry(Kind::Socket)), None, plain, true, Action::Skip),
+            ("identical file", Some(file.clone()), Some(file.clone()), plain, true, Action::Nothing),
+            ("size differs: update", Some(file.clone()), Some(with(Kind::File, |e| e.size = 11)), plain, true, Action::Update),
+            ("mtime differs by 1 ns: update", Some(file.clone()), Some(with(Kind::File, |e| e.mtime.nsec = 6)), plain, true, Action::Update),
+            ("--checksum confirms equal stamps", Some(file.clone()), Some(file.clone()), checksum, true, Action::CompareContent),
+            ("mode differs: attrs", Some(file.clone()), Some(with(Kind::File, |e| e.mode = 0o600)), plain, true, Action::Attrs(mode_only)),
+            ("owner differs: attrs", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), plain, true, Action::Attrs(owner_only)),
+            ("owner ignored when we may not chown", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), no_owners, true, Action::Nothing),
+            ("file over a symlink: replace", Some(file.clone()), Some(link.clone()), plain, true, Action::Replace),
+            ("fifo over a file: replace", Some(fifo.clone()), Some(file.clone()), plain, true, Action::Replace),
+            ("symlink target differs: replace", Some(link.clone()), Some(link.clone()), plain, false, Action::Replace),
+            ("same symlink: nothing", Some(link.clone()), Some(link.clone()), plain, true, Action::Nothing),
+            ("symlink mode is never compared", Some(link.clone()), Some(with(Kind::Symlink, |e| e.mode = 0o777)), plain, true, Action::Nothing),
+            ("device number differs: replace", Some(dev.clone()), Some(with(Kind::CharDevice, |e| e.rdev = 8)), plain, true, Action::Replace),
+            ("same fifo: nothing", Some(fifo.clone()), Some(fifo.clone()), plain, true, Action::Nothing),
+        ];
+        for (name, src, dst, rules, same_target, want) in cases {
+            let got = decide(src.as_ref(), dst.as_ref(), rules, || same_target);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn link_targets_are_read_only_when_both_sides_are_links() {
+        let file = entry(Kind::File);
+        let asked = std::cell::Cell::new(false);
+        decide(Some(&file), Some(&file), Rules::default(), || {
+            asked.set(true);
+            true
+        });
+        assert!(!asked.get(), "reading links costs syscalls; only symlink pairs need it");
+    }
+
+    #[test]
+    fn exit_status_maps_outcomes() {
+        let mut report = PassReport::default();
+        assert_eq!(report.exit_status(), 0);
+        report.counts.errors = 1;
+        assert_eq!(report.exit_status(), 23);
+        report.guard = Some(GuardTrip::SourceEmpty);
+        assert_eq!(report.exit_status(), 1);
+    }
+}
