@@ -443,13 +443,7 @@ impl Engine {
                 return self.record(counters, EntryError::io(Op::Stat, &root, e));
             }
         };
-        let job = DirJob {
-            place: Place::Top(root),
-            src,
-            dst,
-            open: Opening::Root(roots.src, roots.dst),
-            parent: None,
-        };
+        let job = DirJob { src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
         self.run_work(vec![Work::Dir(job)], counters);
         let changed = counters.snapshot().changes() > 0;
         if changed && !self.opts.dry_run && !self.opts.copy.fsync {
@@ -478,10 +472,8 @@ impl Engine {
         if rel.names().any(|n| ops::is_temp_name(n.as_bytes())) {
             return;
         }
-        let Some(dst_root) = &roots.dst else {
-            // Dry run with no replica yet: everything would be created; a pass shows it.
-            return self.reconcile_root_again(counters);
-        };
+        // Only a dry run has no replica root, and a dry run is a single full pass.
+        let Some(dst_root) = &roots.dst else { return };
         let (mut src_fd, mut dst_fd) = match (dup(&roots.src), dup(dst_root)) {
             (Ok(s), Ok(d)) => (s, d),
             (Err(e), _) | (_, Err(e)) => {
@@ -505,12 +497,6 @@ impl Engine {
                 }
                 _ => return self.reconcile_one(&src_fd, &dst_fd, &here, &child, true, counters),
             }
-        }
-    }
-
-    fn reconcile_root_again(&self, counters: &Counters) {
-        if let Ok(roots) = self.open_roots() {
-            self.reconcile_root(roots, counters);
         }
     }
 
@@ -548,9 +534,8 @@ impl Engine {
                     }
                 };
                 let parent = DirNode::detached(dir_rel.clone(), Some(dst_parent));
-                let open = Opening::Child { src_parent: Arc::new(src_parent) };
-                let job =
-                    DirJob { place: Place::Child(name), src, dst, open, parent: Some(parent) };
+                let open = Opening::Child { src_parent: Arc::new(src_parent), name };
+                let job = DirJob { src, dst, open, parent: Some(parent) };
                 self.run_work(vec![Work::Dir(job)], counters);
             }
             (Action::Descend, Some(src)) => {
@@ -677,17 +662,18 @@ impl Engine {
     /// Opens (creating if needed) one directory on both sides, lists both, decides every
     /// child, and queues the work: subdirectories as their own jobs, the rest in batches.
     fn run_dir(&self, job: DirJob, list: &WorkList, counters: &Counters) {
-        let DirJob { place, src, dst, open, parent } = job;
-        let opened = match (open, &place) {
-            (Opening::Root(src_fd, dst_fd), _) => Ok((src_fd, dst_fd, false)),
-            (Opening::Child { src_parent }, Place::Child(name)) => {
-                let rel = || rel_of(&place, parent.as_deref());
+        let DirJob { src, dst, open, parent } = job;
+        let (place, opened) = match open {
+            Opening::Root(src_fd, dst_fd) => {
+                (Place::Top(RelPath::root()), Ok((src_fd, dst_fd, false)))
+            }
+            Opening::Child { src_parent, name } => {
+                let rel = || child_rel(parent.as_deref(), &name);
                 let rel = LazyRel(&rel);
                 let dst = dst.as_ref();
-                self.open_child_dir(&src_parent, parent.as_deref(), name, &rel, dst, counters)
-            }
-            (Opening::Child { .. }, Place::Top(rel)) => {
-                Err(EntryError::io(Op::OpenDir, rel, io::Error::other("no directory name")))
+                let opened =
+                    self.open_child_dir(&src_parent, parent.as_deref(), &name, &rel, dst, counters);
+                (Place::Child(name), opened)
             }
         };
         let (src_fd, dst_fd, created) = match opened {
@@ -779,15 +765,9 @@ impl Engine {
             };
             match item {
                 Item { action: Action::Descend, src: Some(src), dst, name } => {
-                    let open = Opening::Child { src_parent: src_fd.clone() };
+                    let open = Opening::Child { src_parent: src_fd.clone(), name };
                     node.pending.fetch_add(1, Ordering::AcqRel);
-                    list.push(Work::Dir(DirJob {
-                        place: Place::Child(name),
-                        src,
-                        dst,
-                        open,
-                        parent: Some(node.clone()),
-                    }));
+                    list.push(Work::Dir(DirJob { src, dst, open, parent: Some(node.clone()) }));
                 }
                 item => {
                     batch.push(item);
@@ -1217,9 +1197,9 @@ enum Work {
 enum Opening {
     /// Already open (the roots). The replica side may be absent in a dry run.
     Root(OwnedFd, Option<OwnedFd>),
-    /// Opened from the parent's SOURCE descriptor (held only until the child is open, so
-    /// descriptors stay proportional to depth, not to width).
-    Child { src_parent: Arc<OwnedFd> },
+    /// The directory `name`, opened from the parent's SOURCE descriptor (held only until
+    /// the child is open, so descriptors stay proportional to depth, not to width).
+    Child { src_parent: Arc<OwnedFd>, name: CString },
 }
 
 /// Where a directory sits. Children know only their name: a full path per queued
@@ -1232,7 +1212,6 @@ enum Place {
 }
 
 struct DirJob {
-    place: Place,
     src: Entry,
     dst: Option<Entry>,
     open: Opening,
@@ -1265,14 +1244,9 @@ struct DirNode {
     parent: Option<Arc<DirNode>>,
 }
 
-/// The relative path of a job or node at `place` under `parent`.
-fn rel_of(place: &Place, parent: Option<&DirNode>) -> RelPath {
-    match place {
-        Place::Top(rel) => rel.clone(),
-        Place::Child(name) => {
-            parent.map(DirNode::rel).unwrap_or_default().join(OsStr::from_bytes(name.to_bytes()))
-        }
-    }
+/// The relative path of the directory `name` under `parent`.
+fn child_rel(parent: Option<&DirNode>, name: &CStr) -> RelPath {
+    parent.map(DirNode::rel).unwrap_or_default().join(OsStr::from_bytes(name.to_bytes()))
 }
 
 impl DirNode {
