@@ -282,12 +282,17 @@ fn checksum_on_an_idle_tree_does_not_feed_back() {
     let t = Tree::new();
     many_files(&t, "files", 200);
     let svc = running(&t, &["--checksum", "--interval", "1s"]);
-    // The scenario itself: an idle tree watched for 4 s. replicad's MD5 reads of SOURCE
-    // must not come back as events and cause work.
-    std::thread::sleep(Duration::from_secs(4));
+    let first_pass = Instant::now();
+    // replicad's MD5 reads of SOURCE must not come back as events and cause work: four
+    // more passes come at the interval's pace (about 4 s), not back to back.
+    assert!(
+        wait_until(Duration::from_secs(15), || svc.count(PASS_COMPLETE) >= 5),
+        "passes stopped coming at --interval 1s:\n{}",
+        svc.log()
+    );
+    let took = first_pass.elapsed();
     let log = svc.log();
-    let passes = svc.count(PASS_COMPLETE);
-    assert!((3..=6).contains(&passes), "about one pass per second, got {passes}:\n{log}");
+    assert!(took >= Duration::from_millis(3500), "4 more passes in {took:?}, not ~1/s:\n{log}");
     let after = svc.log_after_first_pass();
     let churn: Vec<_> = action_lines(&after)
         .into_iter()
