@@ -3,7 +3,7 @@
 //! device and inode so symlinks and bind mounts cannot fool them), and compiled excludes.
 //! Nothing past this module sees `Args`. Knows nothing of tokio.
 
-use std::fs;
+use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,8 +41,9 @@ pub struct Config {
     pub allow_empty_source: bool,
     /// Parallel filesystem operations.
     pub jobs: usize,
-    /// Where the log also goes.
-    pub log_file: Option<PathBuf>,
+    /// The log file, already opened for appending (so a bad path is refused before
+    /// anything is created); `logging` takes it.
+    pub log_file: Option<File>,
     /// Text or JSON lines.
     pub log_format: LogFormat,
     /// -v minus -q.
@@ -60,6 +61,7 @@ impl Config {
         let source = check_source(&args.source)?;
         let replica = check_replica(&args.replica, &source, &args.source)?;
         let excludes = Excludes::new(&source, &args.exclude)?;
+        let log_file = args.log_file.as_deref().map(open_log_file).transpose()?;
         if !args.dry_run && !replica.exists() {
             fs::create_dir_all(&replica).map_err(|e| Fatal::Replica {
                 path: args.replica.clone(),
@@ -83,13 +85,22 @@ impl Config {
             fsync: args.fsync,
             allow_empty_source: args.allow_empty_source,
             jobs,
-            log_file: args.log_file,
+            log_file,
             log_format: args.log_format,
             verbosity: clamp_verbosity(args.verbose, args.quiet),
             excludes,
             chown: may_chown(),
         })
     }
+}
+
+/// Opens the log file for appending, creating its parent directories.
+fn open_log_file(path: &Path) -> Result<File, Fatal> {
+    let fail = |source| Fatal::LogFile { path: path.to_path_buf(), source };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(fail)?;
+    }
+    OpenOptions::new().append(true).create(true).open(path).map_err(fail)
 }
 
 fn clamp_verbosity(verbose: u8, quiet: u8) -> i8 {

@@ -122,8 +122,8 @@ impl EntryError {
     }
 }
 
-/// Errors that stop replicad (exit status 1): bad configuration, unusable roots, a tripped
-/// deletion guard in `--once`, or a runtime that could not start.
+/// Errors that stop replicad before it starts (exit status 1): bad configuration, unusable
+/// roots, a log file that cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum Fatal {
     /// SOURCE does not exist, is not a directory, or cannot be read.
@@ -161,21 +161,10 @@ pub enum Fatal {
         reason: String,
     },
     /// The log file cannot be opened.
-    #[error("log file {}: {source}", Escaped::path(.path))]
+    #[error("log file {}: cannot open it", Escaped::path(.path))]
     LogFile {
         /// The path as given.
         path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The deletion guard refused a pass (SOURCE empty, gone or on another device).
-    #[error("deletion guard: {0}")]
-    Guard(GuardTrip),
-    /// The runtime or the service could not start or keep running.
-    #[error("{what}: {source}")]
-    Runtime {
-        /// What was being started.
-        what: &'static str,
         /// The OS error.
         source: io::Error,
     },

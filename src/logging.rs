@@ -2,9 +2,8 @@
 //! (appended, through a lossless non-blocking writer whose guard `main` keeps until exit);
 //! text or JSON. `RUST_LOG`, when set, wins over -v/-q. Knows nothing of the sync logic.
 
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::io::IsTerminal;
-use std::path::Path;
 
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
@@ -12,7 +11,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::cli::LogFormat;
-use crate::error::Fatal;
 
 /// Keeps the log file's writer thread alive; dropping it flushes the last lines.
 #[must_use = "dropping the guard stops the log file writer"]
@@ -22,20 +20,19 @@ pub struct LogGuard {
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
-/// Installs the global subscriber. Fails (exit 1) only if the log file cannot be opened.
-pub fn init(format: LogFormat, verbosity: i8, log_file: Option<&Path>) -> Result<LogGuard, Fatal> {
+/// Installs the global subscriber (the log file was opened by `config`).
+pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuard {
     let mut layers: Vec<BoxedLayer> =
         vec![layer(format, std::io::stderr, std::io::stderr().is_terminal())];
     let mut guard = None;
-    if let Some(path) = log_file {
-        let file = open_log_file(path)?;
+    if let Some(file) = log_file {
         let (writer, g) = NonBlockingBuilder::default().lossy(false).finish(file);
         layers.push(layer(format, writer, false));
         guard = Some(g);
     }
     // try_init: tests may install a subscriber more than once in one process.
     let _ = tracing_subscriber::registry().with(layers).with(filter(verbosity)).try_init();
-    Ok(LogGuard { _file: guard })
+    LogGuard { _file: guard }
 }
 
 fn filter(verbosity: i8) -> EnvFilter {
@@ -65,12 +62,4 @@ where
         LogFormat::Text => base.with_ansi(ansi).boxed(),
         LogFormat::Json => base.json().flatten_event(true).with_span_list(false).boxed(),
     }
-}
-
-fn open_log_file(path: &Path) -> Result<std::fs::File, Fatal> {
-    let fail = |source| Fatal::LogFile { path: path.to_path_buf(), source };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(fail)?;
-    }
-    OpenOptions::new().append(true).create(true).open(path).map_err(fail)
 }

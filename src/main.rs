@@ -12,21 +12,14 @@ use replicad::{logging, service};
 fn main() -> ExitCode {
     let args = Args::parse();
     // Refusals are printed before logging starts: one clear line, nothing touched.
-    let config = match Config::from_args(args) {
+    let mut config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("replicad: {:#}", anyhow::Error::from(e));
             return ExitCode::from(1);
         }
     };
-    let _log_guard =
-        match logging::init(config.log_format, config.verbosity, config.log_file.as_deref()) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("replicad: {:#}", anyhow::Error::from(e));
-                return ExitCode::from(1);
-            }
-        };
+    let _log_guard = logging::init(config.log_format, config.verbosity, config.log_file.take());
     // The guard is dropped after `run` returns, so the last log lines reach the file.
     ExitCode::from(service::run_main(config))
 }
