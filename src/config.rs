@@ -61,6 +61,9 @@ impl Config {
         let source = check_source(&args.source)?;
         let replica = check_replica(&args.replica, &source, &args.source)?;
         let excludes = Excludes::new(&source, &args.exclude)?;
+        if let Some(log) = &args.log_file {
+            check_log_file(log, &source, &replica)?;
+        }
         let log_file = args.log_file.as_deref().map(open_log_file).transpose()?;
         if !args.dry_run && !replica.exists() {
             fs::create_dir_all(&replica).map_err(|e| Fatal::Replica {
@@ -101,6 +104,27 @@ fn open_log_file(path: &Path) -> Result<File, Fatal> {
         fs::create_dir_all(parent).map_err(fail)?;
     }
     OpenOptions::new().append(true).create(true).open(path).map_err(fail)
+}
+
+/// Files replicad writes itself are never mirrored: a log file inside SOURCE would be copied
+/// on every line it logs (a loop), one inside REPLICA deleted by the next pass. Both are
+/// refused, by path and by device and inode (a bind mount does not hide them).
+fn check_log_file(path: &Path, source: &Path, replica: &Path) -> Result<(), Fatal> {
+    let refuse = |reason| Fatal::LogFileInside { path: path.to_path_buf(), reason };
+    let log = canonical_to_be(path)
+        .map_err(|e| Fatal::LogFile { path: path.to_path_buf(), source: e })?;
+    let chain = existing_ancestor_ids(&log);
+    let inside =
+        |root: &Path| log.starts_with(root) || file_id(root).is_ok_and(|id| chain.contains(&id));
+    if inside(source) {
+        return Err(refuse(
+            "it lies inside the source, so every line logged would be mirrored again",
+        ));
+    }
+    if inside(replica) {
+        return Err(refuse("it lies inside the replica, so the next pass would delete it"));
+    }
+    Ok(())
 }
 
 fn clamp_verbosity(verbose: u8, quiet: u8) -> i8 {
@@ -211,13 +235,18 @@ fn has_capability(bit: u32) -> bool {
 
 /// The compiled `--exclude` patterns (gitignore syntax, relative to SOURCE).
 #[derive(Clone, Debug)]
-pub struct Excludes(Option<Gitignore>);
+pub struct Excludes {
+    set: Option<Gitignore>,
+    /// Some pattern has a slash before its end, so it matches at one place only: moving a
+    /// directory can change what is excluded below it.
+    anchored: bool,
+}
 
 impl Excludes {
     /// Compiles the patterns; an invalid one is fatal.
     pub fn new(source: &Path, patterns: &[String]) -> Result<Excludes, Fatal> {
         if patterns.is_empty() {
-            return Ok(Excludes(None));
+            return Ok(Excludes::none());
         }
         let mut builder = GitignoreBuilder::new(source);
         for pattern in patterns {
@@ -228,23 +257,31 @@ impl Excludes {
         let set = builder
             .build()
             .map_err(|e| Fatal::Exclude { pattern: patterns.join(" "), reason: e.to_string() })?;
-        Ok(Excludes(Some(set)))
+        let anchored = patterns.iter().any(|p| p.trim_end_matches('/').contains('/'));
+        Ok(Excludes { set: Some(set), anchored })
     }
 
     /// No patterns at all.
     pub fn none() -> Excludes {
-        Excludes(None)
+        Excludes { set: None, anchored: false }
     }
 
     /// True when there are no patterns (walks then skip building paths to match).
     pub fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.set.is_none()
+    }
+
+    /// True if what is excluded below a directory can change when the directory moves
+    /// (some pattern is anchored to a place). Such moves are not followed as renames in
+    /// REPLICA: an excluded entry would come along and stop being excluded.
+    pub fn depend_on_place(&self) -> bool {
+        self.anchored
     }
 
     /// Whether `path` itself matches (for walks, which never descend into an excluded
     /// directory, so parents need no check).
     pub fn matches(&self, path: &RelPath, is_dir: bool) -> bool {
-        match &self.0 {
+        match &self.set {
             Some(set) if !path.is_root() => set.matched(path.as_path(), is_dir).is_ignore(),
             _ => false,
         }
@@ -252,7 +289,7 @@ impl Excludes {
 
     /// Whether `path` or any of its parents matches (for single paths from events).
     pub fn matches_path_or_parent(&self, path: &RelPath, is_dir: bool) -> bool {
-        match &self.0 {
+        match &self.set {
             Some(set) if !path.is_root() => {
                 set.matched_path_or_any_parents(path.as_path(), is_dir).is_ignore()
             }
@@ -278,6 +315,9 @@ mod tests {
         assert!(!ex.matches(&rel("build/x.c"), false));
         assert!(ex.matches_path_or_parent(&rel("build/x.c"), false));
         assert!(!ex.matches(&RelPath::root(), true));
+        assert!(!ex.depend_on_place(), "build/ and *.o match anywhere");
+        assert!(Excludes::new(Path::new("/src"), &["/a/cache".into()])?.depend_on_place());
+        assert!(Excludes::new(Path::new("/src"), &["a/cache/".into()])?.depend_on_place());
         Ok(())
     }
 

@@ -97,6 +97,8 @@ pub struct Entry {
     pub dev: u64,
     /// Inode number.
     pub ino: u64,
+    /// Number of names the inode has (hard links).
+    pub nlink: u64,
     /// Device number, for device nodes.
     pub rdev: u64,
 }
@@ -119,6 +121,7 @@ impl Entry {
             gid: st.stx_gid,
             dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
             ino: st.stx_ino,
+            nlink: u64::from(st.stx_nlink),
             rdev: rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
         }
     }
@@ -208,6 +211,7 @@ mod tests {
             gid: 0,
             dev: 1,
             ino: 1,
+            nlink: 1,
             rdev: 0,
         }
     }

@@ -73,6 +73,14 @@ pub enum EntryErrorKind {
     /// A type replicad does not mirror (sockets), or cannot here (devices without CAP_MKNOD).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A directory that must go holds excluded entries, so the entry SOURCE has there
+    /// cannot be put in its place.
+    #[error("cannot make way: the replica directory here holds excluded entries, which are kept")]
+    CannotMakeWay,
+    /// A directory below a root is SOURCE or REPLICA (or holds one), seen again through a
+    /// bind mount: never entered, never removed.
+    #[error("is the source or the replica (or holds one) mounted again here; not entered")]
+    Boundary,
     /// Shutdown was requested mid-operation; nothing half-done was left behind.
     #[error("cancelled by shutdown")]
     Cancelled,
@@ -160,6 +168,14 @@ pub enum Fatal {
         /// The parser's complaint.
         reason: String,
     },
+    /// The log file lies inside SOURCE or REPLICA.
+    #[error("log file {}: {reason}", Escaped::path(.path))]
+    LogFileInside {
+        /// The path as given.
+        path: PathBuf,
+        /// Which root it lies in, and why that cannot work.
+        reason: &'static str,
+    },
     /// The log file cannot be opened.
     #[error("log file {}: cannot open it", Escaped::path(.path))]
     LogFile {
@@ -170,28 +186,63 @@ pub enum Fatal {
     },
 }
 
-/// Why the deletion guard stopped a pass from deleting anything.
+/// Why a guard stopped a pass from changing anything.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuardTrip {
     /// SOURCE cannot be opened any more.
     #[error("source has disappeared ({0}); nothing deleted, waiting for it to come back")]
     SourceGone(String),
+    /// A component of SOURCE's path is now a symlink (or not a directory): never followed.
+    #[error(
+        "source path now passes through a symlink or a non-directory ({0}); it is not followed, nothing deleted, waiting for the directory to come back"
+    )]
+    SourceReplaced(String),
     /// SOURCE is now on another filesystem (typically: its disk was unmounted).
     #[error(
         "source is no longer on the filesystem it was on at start (device {was:#x}, now {now:#x}: unmounted?); nothing deleted, waiting for it to come back"
     )]
-    DeviceChanged {
+    SourceDeviceChanged {
+        /// Device at start.
+        was: u64,
+        /// Device now.
+        now: u64,
+    },
+    /// SOURCE is empty while REPLICA is not.
+    #[error(
+        "source is empty but the replica is not; nothing deleted (pass --allow-empty-source if SOURCE is meant to be empty)"
+    )]
+    SourceEmpty,
+    /// REPLICA's root has vanished; it is not re-created (its disk may be unmounted).
+    #[error(
+        "replica has disappeared ({0}); not re-created, nothing written, waiting for it to come back"
+    )]
+    ReplicaGone(String),
+    /// REPLICA is now on another filesystem (its disk unmounted, or another one mounted).
+    #[error(
+        "replica is no longer on the filesystem it was on at start (device {was:#x}, now {now:#x}: unmounted or remounted?); nothing written, waiting for it to come back"
+    )]
+    ReplicaDeviceChanged {
         /// Device at start.
         was: u64,
         /// Device now.
         now: u64,
     },
     /// REPLICA's root cannot be opened (replaced by a file or a symlink, no permission).
-    #[error("replica cannot be opened ({0}); nothing done")]
+    #[error("replica cannot be opened ({0}); nothing written")]
     ReplicaUnusable(String),
-    /// SOURCE is empty while REPLICA is not.
-    #[error(
-        "source is empty but the replica is not; nothing deleted (pass --allow-empty-source if SOURCE is meant to be empty)"
-    )]
-    SourceEmpty,
+}
+
+impl GuardTrip {
+    /// Which guard tripped, as log lines name it.
+    pub fn guard_name(&self) -> &'static str {
+        match self {
+            GuardTrip::SourceGone(_)
+            | GuardTrip::SourceReplaced(_)
+            | GuardTrip::SourceDeviceChanged { .. }
+            | GuardTrip::SourceEmpty => "deletion guard",
+            GuardTrip::ReplicaGone(_)
+            | GuardTrip::ReplicaDeviceChanged { .. }
+            | GuardTrip::ReplicaUnusable(_) => "replica guard",
+        }
+    }
 }

@@ -10,7 +10,8 @@
 //! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
 //! | [`reconcile`] | the engine: `decide` (pure) then `apply`, over an explicit work list |
-//! | [`ops`] | primitive replica operations, each safe alone; never follow links in REPLICA |
+//! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
+//! | [`ops`] | primitive replica operations, each safe alone; never resolve a swappable name |
 //! | [`checksum`] | MD5 of a file and a bounded cache keyed by inode and timestamps |
 //! | [`entry`] | what one `statx` says about an entry, and how two entries differ |
 //! | [`config`] | validated configuration built once from [`cli::Args`] |
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod guard;
 pub mod logging;
 pub mod ops;
 pub mod queue;

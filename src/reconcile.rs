@@ -4,11 +4,11 @@
 //! per-entry path, run over an explicit work list (no call-stack recursion) by up to
 //! `jobs` threads. Blocking code; knows nothing of events or timers.
 
+use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +21,8 @@ use crate::checksum::Md5Cache;
 use crate::config::{Config, Excludes};
 use crate::entry::{AttrDiff, Entry, Kind};
 use crate::error::{EntryError, EntryErrorKind, Fatal, GuardTrip, Op};
-use crate::ops::{self, CopyCaps, CopyOptions, TempNames};
+use crate::guard::{Guard, OpenRoots};
+use crate::ops::{self, CopyCaps, CopyOptions, Expect, TempNames};
 use crate::relpath::RelPath;
 
 // =======================================================================================
@@ -80,16 +81,27 @@ pub fn decide(
         return Action::Replace;
     }
     match src.kind {
-        Kind::File if !src.same_size_and_mtime(dst) => Action::Update,
+        Kind::File if !src.same_size_and_mtime(dst) || foreign_content(src, dst, rules) => {
+            Action::Update
+        }
         Kind::File if rules.checksum => Action::CompareContent,
         Kind::Symlink if !same_link_target() => Action::Replace,
         Kind::CharDevice | Kind::BlockDevice if src.rdev != dst.rdev => Action::Replace,
-        _ => attrs_action(src.attr_diff(dst, rules.owners)),
+        _ => match src.attr_diff(dst, rules.owners) {
+            diff if diff.is_empty() => Action::Nothing,
+            // Another name for the inode may lie outside REPLICA: replace, never change it.
+            _ if dst.nlink > 1 => Action::Replace,
+            diff => Action::Attrs(diff),
+        },
     }
 }
 
-fn attrs_action(diff: AttrDiff) -> Action {
-    if diff.is_empty() { Action::Nothing } else { Action::Attrs(diff) }
+/// A replica file whose content someone other than replicad may have put there: its inode
+/// has another name (perhaps outside REPLICA), or another owner than SOURCE's file. Its
+/// attributes are never changed in place — that could hand SOURCE's owner or setuid bits
+/// to that content, or change a file outside REPLICA — it is copied again instead.
+fn foreign_content(src: &Entry, dst: &Entry, rules: Rules) -> bool {
+    dst.nlink > 1 || (rules.owners && (src.uid, src.gid) != (dst.uid, dst.gid))
 }
 
 // =======================================================================================
@@ -258,9 +270,7 @@ pub struct EngineOptions {
 /// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
 /// event queue; holds no per-file state (the optional MD5 cache is bounded).
 pub struct Engine {
-    source: PathBuf,
-    replica: PathBuf,
-    source_dev: u64,
+    guard: Guard,
     opts: EngineOptions,
     rules: Rules,
     excludes: Excludes,
@@ -269,25 +279,18 @@ pub struct Engine {
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
     progress: AtomicU64,
-}
-
-/// The two roots, opened fresh for one piece of work after the deletion guard passed.
-struct Roots {
-    src: OwnedFd,
-    dst: Option<OwnedFd>,
+    /// Bind-mount boundaries already warned about (one warning each per run).
+    boundaries_warned: Mutex<HashSet<RelPath>>,
 }
 
 impl Engine {
-    /// Builds the engine for `config`; remembers SOURCE's device for the deletion guard.
+    /// Builds the engine for `config`; remembers what the roots are for the guards.
     pub fn new(
         config: &Config,
         excludes: Excludes,
         cancel: CancellationToken,
     ) -> Result<Engine, Fatal> {
-        let source_dev = open_dir_path(&config.source)
-            .and_then(|fd| Entry::stat_fd(&fd))
-            .map_err(|e| Fatal::Source { path: config.source.clone(), reason: e.to_string() })?
-            .dev;
+        let guard = Guard::new(config)?;
         let opts = EngineOptions {
             dry_run: config.dry_run,
             checksum: config.checksum,
@@ -296,9 +299,7 @@ impl Engine {
             jobs: config.jobs.max(1),
         };
         Ok(Engine {
-            source: config.source.clone(),
-            replica: config.replica.clone(),
-            source_dev,
+            guard,
             rules: Rules { owners: config.chown, checksum: config.checksum },
             opts,
             excludes,
@@ -307,6 +308,7 @@ impl Engine {
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
+            boundaries_warned: Mutex::new(HashSet::new()),
         })
     }
 
@@ -352,7 +354,7 @@ impl Engine {
 
     /// A change to the SOURCE root's own metadata (or to an entry right under it, which
     /// moves its mtime): only the root's attributes, not a whole pass.
-    fn fix_root_attrs(&self, roots: &Roots, counters: &Counters) {
+    fn fix_root_attrs(&self, roots: &OpenRoots, counters: &Counters) {
         if let Some(dst) = &roots.dst {
             self.fix_dir_attrs(&roots.src, dst, &RelPath::root(), counters);
         }
@@ -393,47 +395,16 @@ impl Engine {
         report
     }
 
-    // ---------------------------------------------------------------------------------
-    // The deletion guard
-    // ---------------------------------------------------------------------------------
-
-    /// Opens both roots anew and applies the deletion guard: SOURCE must still exist, be on
-    /// the device it was on at start, and (unless allowed) not be empty while REPLICA is not.
-    fn open_roots(&self) -> Result<Roots, GuardTrip> {
-        let src = open_dir_path(&self.source).map_err(|e| GuardTrip::SourceGone(e.to_string()))?;
-        let now = Entry::stat_fd(&src).map_err(|e| GuardTrip::SourceGone(e.to_string()))?.dev;
-        if now != self.source_dev {
-            return Err(GuardTrip::DeviceChanged { was: self.source_dev, now });
-        }
-        let dst = match open_dir_nofollow(&self.replica) {
-            Ok(fd) => Some(fd),
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.opts.dry_run => {
-                // REPLICA was removed while we run: make it again.
-                std::fs::create_dir_all(&self.replica)
-                    .and_then(|()| open_dir_nofollow(&self.replica))
-                    .map(Some)
-                    .map_err(|e| {
-                        GuardTrip::SourceGone(format!("replica cannot be re-created: {e}"))
-                    })?
-            }
-            Err(_) if self.opts.dry_run => None,
-            Err(e) => return Err(GuardTrip::ReplicaUnusable(e.to_string())),
-        };
-        if !self.opts.allow_empty_source
-            && has_no_entries(&src, ops::is_temp_name).unwrap_or(false)
-            && let Some(dst) = &dst
-            && !has_no_entries(dst, |name| self.temp_names.is_ours(name)).unwrap_or(true)
-        {
-            return Err(GuardTrip::SourceEmpty);
-        }
-        Ok(Roots { src, dst })
+    /// Opens both roots anew through the guards (see `guard`).
+    fn open_roots(&self) -> Result<OpenRoots, GuardTrip> {
+        self.guard.open(&|name| self.temp_names.is_ours(name))
     }
 
     // ---------------------------------------------------------------------------------
     // Walking
     // ---------------------------------------------------------------------------------
 
-    fn reconcile_root(&self, roots: Roots, counters: &Counters) {
+    fn reconcile_root(&self, roots: OpenRoots, counters: &Counters) {
         let root = RelPath::root();
         let (src, dst) = match (Entry::stat_fd(&roots.src), roots.dst.as_ref().map(Entry::stat_fd))
         {
@@ -443,11 +414,15 @@ impl Engine {
                 return self.record(counters, EntryError::io(Op::Stat, &root, e));
             }
         };
+        let replica_fs = roots.dst.as_ref().map(dup);
         let job = DirJob { src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
         self.run_work(vec![Work::Dir(job)], counters);
         let changed = counters.snapshot().changes() > 0;
         if changed && !self.opts.dry_run && !self.opts.copy.fsync {
-            let synced = open_dir_path(&self.replica).and_then(|fd| ops::sync_filesystem(&fd));
+            let synced = match replica_fs {
+                Some(fd) => fd.and_then(|fd| ops::sync_filesystem(&fd)),
+                None => Ok(()),
+            };
             if let Err(e) = synced {
                 warn!(error = %e, "syncfs of the replica failed");
             }
@@ -459,7 +434,7 @@ impl Engine {
     /// reconciled (recursively) instead: that creates or removes what the event implied.
     fn reconcile_below_root(
         &self,
-        roots: &Roots,
+        roots: &OpenRoots,
         rel: &RelPath,
         recursive: bool,
         counters: &Counters,
@@ -491,6 +466,11 @@ impl Engine {
             let cname = c_name(name);
             match (ops::open_dir_at(&src_fd, &cname), ops::open_dir_at(&dst_fd, &cname)) {
                 (Ok(s), Ok(d)) => {
+                    let ids = (Entry::stat_fd(&s), Entry::stat_fd(&d));
+                    let (Ok(src_dir), Ok(dst_dir)) = ids else { return };
+                    if self.at_boundary(Some(&src_dir), Some(&dst_dir), &child) {
+                        return;
+                    }
                     src_fd = s;
                     dst_fd = d;
                     here = child;
@@ -517,7 +497,9 @@ impl Engine {
         let Some((src, dst)) = self.stat_pair(src_dir, Some(dst_dir), &name, rel, counters) else {
             return;
         };
-        if self.is_excluded(rel, src.as_ref(), dst.as_ref()) {
+        if self.is_excluded(rel, src.as_ref(), dst.as_ref())
+            || self.at_boundary(src.as_ref(), dst.as_ref(), rel)
+        {
             return;
         }
         if src.is_some() {
@@ -576,7 +558,7 @@ impl Engine {
         }
     }
 
-    fn try_rename(&self, roots: &Roots, from: &RelPath, to: &RelPath, counters: &Counters) {
+    fn try_rename(&self, roots: &OpenRoots, from: &RelPath, to: &RelPath, counters: &Counters) {
         let Some(dst_root) = &roots.dst else { return };
         let (Some(from_parent), Some(to_parent)) = (from.parent(), to.parent()) else {
             return;
@@ -612,7 +594,10 @@ impl Engine {
                 Kind::Symlink => read_link_pair(&src_to_dir, &to_name, &dst_from_dir, &from_name),
                 _ => true,
             };
-        if !same {
+        // An anchored exclude can match below `from` and not below `to` (or the reverse):
+        // moving the directory would carry excluded entries into mirrored places. Copy and
+        // remove instead; the removal keeps what is excluded.
+        if !same || (src.kind == Kind::Dir && self.excludes.depend_on_place()) {
             return;
         }
         if !self.opts.dry_run
@@ -718,7 +703,7 @@ impl Engine {
         let src_fd = ops::open_dir_at(src_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
         let dst_parent = parent.and_then(|p| p.dst_fd.as_ref());
         if let Some(existing) = dst.filter(|d| d.kind != Kind::Dir) {
-            self.remove_entry(dst_parent, name, &rel.rel(), existing, counters)?;
+            self.make_way(dst_parent, name, &rel.rel(), existing, counters)?;
         }
         let exists = dst.is_some_and(|d| d.kind == Kind::Dir);
         if !exists {
@@ -804,6 +789,9 @@ impl Engine {
         if self.excludes_any() && self.is_excluded(&rel(), src.as_ref(), dst.as_ref()) {
             return None;
         }
+        if self.at_boundary(src.as_ref(), dst.as_ref(), &LazyRel(&rel)) {
+            return None;
+        }
         let action = self.decide_at(src_fd, node.dst_fd.as_ref(), name, src.as_ref(), dst.as_ref());
         (action != Action::Nothing).then(|| Item { name: name.to_owned(), src, dst, action })
     }
@@ -850,6 +838,20 @@ impl Engine {
     // ---------------------------------------------------------------------------------
     // One entry
     // ---------------------------------------------------------------------------------
+
+    /// True if either side is a directory that is SOURCE or REPLICA (or holds one), met
+    /// again through a bind mount: it is neither entered nor removed (one warning each).
+    fn at_boundary(&self, src: Option<&Entry>, dst: Option<&Entry>, rel: &dyn RelSource) -> bool {
+        let hit = [src, dst].into_iter().flatten().any(|e| self.guard.is_boundary(e));
+        if hit {
+            let rel = rel.rel();
+            let mut warned = self.boundaries_warned.lock().unwrap_or_else(|e| e.into_inner());
+            if warned.insert(rel.clone()) {
+                warn!(path = %rel, "not mirrored: this directory is the source or the replica (or holds one), mounted again here; it is neither entered nor removed");
+            }
+        }
+        hit
+    }
 
     fn excludes_any(&self) -> bool {
         !self.excludes.is_empty()
@@ -926,34 +928,33 @@ impl Engine {
     ) -> Result<(), EntryError> {
         let name = item.name.as_c_str();
         match (item.action, &item.src, &item.dst) {
-            (Action::Remove, _, Some(dst)) => self.remove_entry(dst_dir, name, rel, dst, counters),
-            (Action::Skip, Some(src), _) => {
+            (Action::Remove, _, Some(dst)) => {
+                self.remove_entry(dst_dir, name, rel, dst, counters).map(|_| ())
+            }
+            (Action::Skip, Some(src), dst) => {
+                // Whatever REPLICA has there is stale: it goes, even though nothing replaces it.
+                if let Some(dst) = dst {
+                    self.make_way(dst_dir, name, rel, dst, counters)?;
+                }
                 warn!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored");
                 Counters::bump(&counters.skipped, 1);
                 Ok(())
             }
             (Action::Create | Action::Replace, Some(src), dst) => {
                 if let Some(dst) = dst.as_ref().filter(|d| d.kind == Kind::Dir) {
-                    self.remove_entry(dst_dir, name, rel, dst, counters)?;
+                    self.make_way(dst_dir, name, rel, dst, counters)?;
                 }
-                self.create_entry(
-                    src_dir,
-                    dst_dir,
-                    name,
-                    rel,
-                    src,
-                    dst.is_some() && src.kind == Kind::File,
-                    counters,
-                )
+                let update = dst.is_some() && src.kind == Kind::File;
+                self.create_entry(src_dir, dst_dir, name, rel, src, dst.as_ref(), update, counters)
             }
-            (Action::Update, Some(src), _) => {
-                self.create_entry(src_dir, dst_dir, name, rel, src, true, counters)
+            (Action::Update, Some(src), dst) => {
+                self.create_entry(src_dir, dst_dir, name, rel, src, dst.as_ref(), true, counters)
             }
             (Action::CompareContent, Some(src), Some(dst)) => {
                 if self.same_content(src_dir, dst_dir, name, rel, src, dst)? {
                     self.apply_attrs(dst_dir, name, rel, src, dst, counters)
                 } else {
-                    self.create_entry(src_dir, dst_dir, name, rel, src, true, counters)
+                    self.create_entry(src_dir, dst_dir, name, rel, src, Some(dst), true, counters)
                 }
             }
             (Action::Attrs(_), Some(src), Some(dst)) => {
@@ -979,12 +980,15 @@ impl Engine {
         self.log_attrs(rel, diff);
         Counters::bump(&counters.attrs, 1);
         match dst_dir.filter(|_| !self.opts.dry_run) {
-            Some(dir) => ops::set_attrs_at(dir.as_fd(), name, dst.kind, src, diff)
+            Some(dir) => ops::set_attrs_at(dir.as_fd(), name, Expect::Same(dst), src, diff)
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e)),
             None => Ok(()),
         }
     }
 
+    /// Removes the replica entry `name`; a directory goes with everything under it except
+    /// excluded entries. Returns false when a directory had to be kept because it holds
+    /// excluded entries (it was emptied of the rest).
     fn remove_entry(
         &self,
         dst_dir: Option<&OwnedFd>,
@@ -992,26 +996,62 @@ impl Engine {
         rel: &RelPath,
         dst: &Entry,
         counters: &Counters,
-    ) -> Result<(), EntryError> {
+    ) -> Result<bool, EntryError> {
         let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) else {
             info!(action = %"remove", path = %rel, kind = %dst.kind.name());
             Counters::bump(&counters.remove, 1);
-            return Ok(());
+            return Ok(true);
         };
-        if dst.kind == Kind::Dir {
-            let entries = ops::remove_tree(dir.as_fd(), name)
-                .map_err(|e| EntryError::io(Op::Remove, rel, e))?;
-            info!(action = %"remove", path = %rel, kind = %"dir", entries);
-        } else {
+        if dst.kind != Kind::Dir {
             ops::remove_file(dir, name).map_err(|e| EntryError::io(Op::Remove, rel, e))?;
             info!(action = %"remove", path = %rel, kind = %dst.kind.name());
+            Counters::bump(&counters.remove, 1);
+            return Ok(true);
         }
-        Counters::bump(&counters.remove, 1);
-        Ok(())
+        let excluded = |p: &RelPath, is_dir: bool| self.excludes.matches(p, is_dir);
+        let keep = ops::Keep {
+            entry: self.excludes_any().then_some(&excluded as _),
+            boundary: &|e: &Entry| self.guard.is_boundary(e),
+        };
+        let removed = ops::remove_tree(dir.as_fd(), name, rel, &keep)
+            .map_err(|e| EntryError::io(Op::Remove, rel, e))?;
+        for inner in &removed.boundaries {
+            self.record(counters, EntryError::new(Op::Remove, inner, EntryErrorKind::Boundary));
+        }
+        let entries = removed.entries;
+        if removed.is_complete() {
+            info!(action = %"remove", path = %rel, kind = %"dir", entries);
+            Counters::bump(&counters.remove, 1);
+            return Ok(true);
+        }
+        if removed.kept > 0 && entries > 0 {
+            // Like rsync: excluded entries are never deleted, so their directory stays.
+            info!(path = %rel, removed = entries, kept = removed.kept, "directory kept: it holds excluded entries; the rest was removed");
+            Counters::bump(&counters.remove, 1);
+        } else if removed.kept > 0 {
+            debug!(path = %rel, kept = removed.kept, "directory kept: it holds excluded entries");
+        }
+        Ok(false)
+    }
+
+    /// Removes whatever REPLICA has at `name` so that SOURCE's entry can take its place.
+    fn make_way(
+        &self,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        rel: &RelPath,
+        dst: &Entry,
+        counters: &Counters,
+    ) -> Result<(), EntryError> {
+        match self.remove_entry(dst_dir, name, rel, dst, counters)? {
+            true => Ok(()),
+            false => Err(EntryError::new(Op::Remove, rel, EntryErrorKind::CannotMakeWay)),
+        }
     }
 
     /// Creates (or replaces with) the non-directory `src`: a file copy, a symlink, a FIFO
-    /// or a device node. `update` says a file's content is being replaced.
+    /// or a device node. `dst` is what REPLICA has there (never a directory by now);
+    /// `update` says a file's content is being replaced.
     #[allow(clippy::too_many_arguments)]
     fn create_entry(
         &self,
@@ -1020,6 +1060,7 @@ impl Engine {
         name: &CStr,
         rel: &RelPath,
         src: &Entry,
+        dst: Option<&Entry>,
         update: bool,
         counters: &Counters,
     ) -> Result<(), EntryError> {
@@ -1068,6 +1109,9 @@ impl Engine {
                         Err(e)
                             if e.raw_os_error() == Some(libc::EPERM) && src.kind != Kind::Fifo =>
                         {
+                            if let Some(dst) = dst {
+                                self.make_way(Some(dir), name, rel, dst, counters)?;
+                            }
                             warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD)");
                             Counters::bump(&counters.skipped, 1);
                             return Ok(());
@@ -1288,6 +1332,7 @@ impl DirNode {
             gid: 0,
             dev: 0,
             ino: 0,
+            nlink: 1,
             rdev: 0,
         };
         Arc::new(DirNode {
@@ -1444,17 +1489,6 @@ fn c_name(name: &OsStr) -> CString {
     CString::new(name.as_bytes()).unwrap_or_default()
 }
 
-/// Opens REPLICA's root: a symlink swapped in for it is refused, never followed.
-fn open_dir_nofollow(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(rustix::fs::open(path, flags, Mode::empty())?)
-}
-
-fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    Ok(rustix::fs::open(path, flags, Mode::empty())?)
-}
-
 /// Opens `rel` below `root` one component at a time, never following a symlink (works for
 /// paths longer than PATH_MAX).
 fn open_path_at(root: &OwnedFd, rel: &RelPath) -> io::Result<OwnedFd> {
@@ -1476,13 +1510,6 @@ fn read_link_pair(a_dir: &OwnedFd, a: &CStr, b_dir: &OwnedFd, b: &CStr) -> bool 
     }
 }
 
-/// True if the directory has no entry other than those `ignore` accepts. Works on its own
-/// descriptor (a fresh open of "."), so the caller's descriptor can still be listed.
-fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<bool> {
-    let own = ops::open_dir_at(dir, c".")?;
-    Ok(!ops::has_entry(&own, |name| !ignore(name.to_bytes()))?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1500,6 +1527,7 @@ mod tests {
             gid: 1,
             dev: 1,
             ino: 1,
+            nlink: 1,
             rdev: 0,
         }
     }
@@ -1539,8 +1567,13 @@ mod tests {
             ("mtime differs by 1 ns: update", Some(file.clone()), Some(with(Kind::File, |e| e.mtime.nsec = 6)), plain, true, Action::Update),
             ("--checksum confirms equal stamps", Some(file.clone()), Some(file.clone()), checksum, true, Action::CompareContent),
             ("mode differs: attrs", Some(file.clone()), Some(with(Kind::File, |e| e.mode = 0o600)), plain, true, Action::Attrs(mode_only)),
-            ("owner differs: attrs", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), plain, true, Action::Attrs(owner_only)),
+            ("file of another owner: copied again, never chowned in place", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), plain, true, Action::Update),
+            ("file of another group: copied again", Some(file.clone()), Some(with(Kind::File, |e| e.gid = 2)), plain, true, Action::Update),
             ("owner ignored when we may not chown", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), no_owners, true, Action::Nothing),
+            ("fifo of another owner: attrs", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.uid = 2)), plain, true, Action::Attrs(owner_only)),
+            ("hard-linked replica file: copied again even if equal", Some(file.clone()), Some(with(Kind::File, |e| e.nlink = 2)), plain, true, Action::Update),
+            ("hard-linked fifo with a mode to fix: replace", Some(fifo.clone()), Some(with(Kind::Fifo, |e| { e.nlink = 2; e.mode = 0o600 })), plain, true, Action::Replace),
+            ("hard-linked fifo already right: nothing", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.nlink = 2)), plain, true, Action::Nothing),
             ("file over a symlink: replace", Some(file.clone()), Some(link.clone()), plain, true, Action::Replace),
             ("fifo over a file: replace", Some(fifo.clone()), Some(file.clone()), plain, true, Action::Replace),
             ("symlink target differs: replace", Some(link.clone()), Some(link.clone()), plain, false, Action::Replace),

@@ -2,7 +2,6 @@
 //! spawns tasks or knows about signals and systemd. Everything it runs is the engine's
 //! reconcile, driven by the interval and by the watcher's hints through the queue.
 
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +15,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::entry::Entry;
+use crate::guard::open_dir_nofollow;
 use crate::queue::{self, Hint, Outcome, Work};
 use crate::reconcile::{Engine, PassReport};
 use crate::relpath::{Escaped, RelPath};
@@ -75,10 +76,9 @@ pub fn run_once(engine: &Engine, dry_run: bool) -> u8 {
     report.exit_status()
 }
 
+/// The pass summary; a pass a guard stopped has none (the guard logged when it tripped).
 fn log_pass(report: &PassReport, dry_run: bool) {
-    if let Some(trip) = &report.guard {
-        error!("deletion guard: {trip}");
-    } else {
+    if report.guard.is_none() {
         report.log_summary(dry_run);
     }
 }
@@ -338,8 +338,11 @@ impl Watcher {
         }
     }
 
+    /// SOURCE's identity now, reached without following a symlink (a symlink put in its
+    /// place is never watched: the guard refuses it).
     fn source_id(&self) -> Option<(u64, u64)> {
-        std::fs::metadata(&self.source).ok().map(|m| (m.dev(), m.ino()))
+        let entry = open_dir_nofollow(&self.source).and_then(|fd| Entry::stat_fd(&fd)).ok()?;
+        Some((entry.dev, entry.ino))
     }
 
     fn start(&mut self) {
@@ -400,7 +403,7 @@ fn listen_for_signals(cancel: CancellationToken) -> std::io::Result<tokio::task:
 
 fn status_line(report: &PassReport) -> String {
     match &report.guard {
-        Some(trip) => format!("deletion guard holds: {trip}"),
+        Some(trip) => format!("{} holds: {trip}", trip.guard_name()),
         None => {
             let c = &report.counts;
             format!(

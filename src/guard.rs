@@ -1,0 +1,180 @@
+//! The guards around the two roots, checked before every piece of work: SOURCE and REPLICA
+//! are opened anew by their canonical paths with no symlink followed in any component, and
+//! must still be on the filesystems they were on at start (a disk unmounted from under
+//! either looks exactly like a changed device); SOURCE must not be empty while REPLICA is
+//! not; REPLICA is never re-created. A trip is logged when it begins and when it ends.
+//! Also the boundary rule: SOURCE, REPLICA, and every directory holding one of them are
+//! never entered when met again below a root (a bind mount), so nothing loops or leaves
+//! REPLICA. Knows nothing of walking or deciding.
+
+use std::ffi::CString;
+use std::io;
+use std::mem::discriminant;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::fs::{Mode, OFlags};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::entry::{Entry, Kind};
+use crate::error::{Fatal, GuardTrip};
+use crate::ops;
+
+/// Both roots, opened for one piece of work after the guards passed.
+pub struct OpenRoots {
+    /// SOURCE's root directory.
+    pub src: OwnedFd,
+    /// REPLICA's root; absent only in a dry run whose REPLICA does not exist yet.
+    pub dst: Option<OwnedFd>,
+}
+
+/// What the roots were at start, and whether a guard holds now.
+pub struct Guard {
+    source: PathBuf,
+    replica: PathBuf,
+    source_dev: u64,
+    replica_dev: Option<u64>,
+    boundaries: Vec<(u64, u64)>,
+    allow_empty_source: bool,
+    dry_run: bool,
+    holding: Mutex<Option<GuardTrip>>,
+}
+
+impl Guard {
+    /// Remembers the roots' devices and the identities of both roots and their ancestors.
+    pub fn new(config: &Config) -> Result<Guard, Fatal> {
+        let source_fail = |e: io::Error| Fatal::Source {
+            path: config.source.clone(),
+            reason: format!("cannot be opened without following a symlink: {e}"),
+        };
+        let source_dev = open_dir_nofollow(&config.source)
+            .and_then(|fd| Entry::stat_fd(&fd))
+            .map_err(source_fail)?
+            .dev;
+        let replica_dev = match open_dir_nofollow(&config.replica) {
+            Ok(fd) => Some(Entry::stat_fd(&fd).map_err(|e| replica_fatal(config, e))?.dev),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && config.dry_run => None,
+            Err(e) => return Err(replica_fatal(config, e)),
+        };
+        let mut boundaries = ancestor_ids(&config.source);
+        boundaries.extend(ancestor_ids(&config.replica));
+        boundaries.sort_unstable();
+        boundaries.dedup();
+        Ok(Guard {
+            source: config.source.clone(),
+            replica: config.replica.clone(),
+            source_dev,
+            replica_dev,
+            boundaries,
+            allow_empty_source: config.allow_empty_source,
+            dry_run: config.dry_run,
+            holding: Mutex::new(None),
+        })
+    }
+
+    /// True if `entry` is a directory that is SOURCE, REPLICA, or holds one of them: met
+    /// below a root, it can only be a bind mount, and entering it would loop or leave REPLICA.
+    pub fn is_boundary(&self, entry: &Entry) -> bool {
+        entry.kind == Kind::Dir && self.boundaries.binary_search(&(entry.dev, entry.ino)).is_ok()
+    }
+
+    /// Opens both roots and applies the guards; logs a trip when it begins and when it ends.
+    /// `in_flight` says which names in REPLICA's root are this process's own temporary
+    /// files (they do not make REPLICA "not empty").
+    pub fn open(&self, in_flight: &dyn Fn(&[u8]) -> bool) -> Result<OpenRoots, GuardTrip> {
+        let result = self.check(in_flight);
+        let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
+        match (&result, holding.as_ref()) {
+            (Err(trip), Some(held)) if discriminant(trip) == discriminant(held) => {}
+            (Err(trip), _) => {
+                error!("{}: {trip}", trip.guard_name());
+                *holding = Some(trip.clone());
+            }
+            (Ok(_), Some(held)) => {
+                info!("{} released: the roots are usable again; resuming", held.guard_name());
+                *holding = None;
+            }
+            (Ok(_), None) => {}
+        }
+        result
+    }
+
+    fn check(&self, in_flight: &dyn Fn(&[u8]) -> bool) -> Result<OpenRoots, GuardTrip> {
+        let src = open_dir_nofollow(&self.source).map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP | libc::ENOTDIR) => GuardTrip::SourceReplaced(e.to_string()),
+            _ => GuardTrip::SourceGone(e.to_string()),
+        })?;
+        let now = Entry::stat_fd(&src).map_err(|e| GuardTrip::SourceGone(e.to_string()))?.dev;
+        if now != self.source_dev {
+            return Err(GuardTrip::SourceDeviceChanged { was: self.source_dev, now });
+        }
+        let dst = match (open_dir_nofollow(&self.replica), self.replica_dev) {
+            (Ok(fd), Some(was)) => {
+                let now = Entry::stat_fd(&fd).map_err(|e| GuardTrip::ReplicaGone(e.to_string()))?;
+                if now.dev != was {
+                    return Err(GuardTrip::ReplicaDeviceChanged { was, now: now.dev });
+                }
+                Some(fd)
+            }
+            // A dry run into a REPLICA that does not exist yet: nothing to compare with.
+            (Err(e), None) if e.kind() == io::ErrorKind::NotFound && self.dry_run => None,
+            (Ok(fd), None) => Some(fd),
+            (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(GuardTrip::ReplicaGone(e.to_string()));
+            }
+            (Err(e), _) => return Err(GuardTrip::ReplicaUnusable(e.to_string())),
+        };
+        if !self.allow_empty_source
+            && has_no_entries(&src, ops::is_temp_name).unwrap_or(false)
+            && let Some(dst) = &dst
+            && !has_no_entries(dst, in_flight).unwrap_or(true)
+        {
+            return Err(GuardTrip::SourceEmpty);
+        }
+        Ok(OpenRoots { src, dst })
+    }
+}
+
+fn replica_fatal(config: &Config, e: io::Error) -> Fatal {
+    Fatal::Replica {
+        path: config.replica.clone(),
+        reason: format!("cannot be opened without following a symlink: {e}"),
+    }
+}
+
+/// Opens the absolute, canonical directory `path` from `/`, one component at a time, never
+/// following a symlink: a component swapped for a symlink fails (ELOOP/ENOTDIR) instead of
+/// leading somewhere else.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut fd: OwnedFd = rustix::fs::open("/", flags, Mode::empty())?;
+    for component in path.components() {
+        match component {
+            Component::RootDir => {}
+            Component::Normal(name) => {
+                let name = CString::new(name.as_bytes())
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                fd = ops::open_dir_at(&fd, &name)?;
+            }
+            // Canonical paths have none of these; refuse rather than guess.
+            _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+    Ok(fd)
+}
+
+/// (device, inode) of the existing directory `path` and of each of its ancestors.
+fn ancestor_ids(path: &Path) -> Vec<(u64, u64)> {
+    path.ancestors().filter_map(|p| std::fs::metadata(p).ok()).map(|m| (m.dev(), m.ino())).collect()
+}
+
+/// True if the directory has no entry other than those `ignore` accepts. Works on its own
+/// descriptor (a fresh open of "."), so the caller's descriptor can still be listed.
+fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<bool> {
+    let own = ops::open_dir_at(dir, c".")?;
+    Ok(!ops::has_entry(&own, |name| !ignore(name.to_bytes()))?)
+}

@@ -1,0 +1,185 @@
+//! Setting owner, mode and mtime on REPLICA entries without ever resolving a name that a
+//! stranger could have swapped. An entry named in a directory is first pinned with an
+//! `O_PATH|O_NOFOLLOW` descriptor (no side effects, even on a FIFO or a device), checked to
+//! still be the very inode that was decided on, and changed only through that descriptor.
+//! Knows nothing of when attributes need setting.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::entry::{AttrDiff, Entry, Kind, Time};
+
+/// What the entry at a name must still be when its attributes are changed.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect<'a> {
+    /// The entry that was statted when the change was decided (same device, inode, type).
+    Same(&'a Entry),
+    /// An entry this process has just created under a temporary name: of this type, owned
+    /// by this process's user.
+    Fresh(Kind),
+}
+
+/// Sets owner, then mode (chown clears setuid), then mtime on an open descriptor.
+pub fn set_attrs_fd(fd: impl AsFd, src: &Entry, diff: AttrDiff) -> io::Result<()> {
+    let fd = fd.as_fd();
+    if diff.owner {
+        rustix::fs::fchown(fd, Some(uid(src.uid)), Some(gid(src.gid)))?;
+    }
+    if needs_chmod(src, diff) {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(src.mode))?;
+    }
+    if diff.mtime {
+        rustix::fs::futimens(fd, &timestamps(src.mtime))?;
+    }
+    Ok(())
+}
+
+/// Sets owner, mode and mtime of `name` in `dirfd` like `src`, after pinning the entry and
+/// checking it is still what `expect` says. An entry swapped in meanwhile (a symlink to a
+/// file outside REPLICA, a hard link to one) fails with `ESTALE` and is left alone.
+pub fn set_attrs_at(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    expect: Expect<'_>,
+    src: &Entry,
+    diff: AttrDiff,
+) -> io::Result<()> {
+    if diff.is_empty() {
+        return Ok(());
+    }
+    let pinned = pin(dirfd, name, expect)?;
+    if diff.owner {
+        let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+        rustix::fs::chownat(&pinned.fd, c"", Some(uid(src.uid)), Some(gid(src.gid)), flags)?;
+    }
+    if pinned.kind != Kind::Symlink && needs_chmod(src, diff) {
+        chmod_pinned(&pinned.fd, src.mode)?;
+    }
+    if diff.mtime {
+        utimes_pinned(&pinned, dirfd, name, src.mtime)?;
+    }
+    Ok(())
+}
+
+/// A descriptor that refers to one inode for good, whatever later happens to its name.
+struct Pinned {
+    fd: OwnedFd,
+    kind: Kind,
+}
+
+/// Opens `name` as `O_PATH|O_NOFOLLOW` (which never opens the file itself: no FIFO
+/// handshake, no device side effect, no permission needed) and checks what it refers to.
+fn pin(dirfd: BorrowedFd<'_>, name: &CStr, expect: Expect<'_>) -> io::Result<Pinned> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dirfd, name, flags, Mode::empty())?;
+    let now = Entry::stat_fd(&fd)?;
+    let expected = match expect {
+        Expect::Same(was) => now.kind == was.kind && now.dev == was.dev && now.ino == was.ino,
+        Expect::Fresh(kind) => now.kind == kind && now.uid == rustix::process::geteuid().as_raw(),
+    };
+    // A second name means the inode may also live outside REPLICA: never change it in place.
+    let private = now.kind == Kind::Dir || now.nlink == 1;
+    if !expected || !private {
+        return Err(io::Error::new(
+            io::ErrorKind::StaleNetworkFileHandle,
+            "replica entry was replaced or linked elsewhere while being fixed; left alone",
+        ));
+    }
+    Ok(Pinned { fd, kind: now.kind })
+}
+
+/// chmod through a pinned descriptor: `fchmodat2(fd, "", AT_EMPTY_PATH)` (Linux 6.6+),
+/// else through the descriptor's `/proc/self/fd` link, which names the inode itself.
+fn chmod_pinned(fd: &OwnedFd, mode: u32) -> io::Result<()> {
+    match fchmodat2_empty_path(fd.as_fd(), mode) {
+        // ENOSYS: older kernel; EPERM: a seccomp filter that predates the call (a genuine
+        // EPERM comes back again from the fallback).
+        Err(Errno::NOSYS | Errno::PERM | Errno::INVAL) => {
+            Ok(rustix::fs::chmod(proc_fd_path(fd), Mode::from_raw_mode(mode))?)
+        }
+        other => Ok(other?),
+    }
+}
+
+#[allow(unsafe_code)]
+fn fchmodat2_empty_path(fd: BorrowedFd<'_>, mode: u32) -> rustix::io::Result<()> {
+    // SAFETY: fchmodat2 reads only its arguments: a live descriptor borrowed for the call,
+    // a NUL-terminated empty string, and two integers. rustix does not wrap it yet.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mode as libc::c_uint,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    match ret {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()
+            .raw_os_error()
+            .map_or(Errno::IO, Errno::from_raw_os_error)),
+    }
+}
+
+/// utimensat through a pinned descriptor (`AT_EMPTY_PATH`). On kernels that refuse that,
+/// files and directories go through `/proc/self/fd`; a symlink, which that link would
+/// follow, is set by name with `AT_SYMLINK_NOFOLLOW` (its inode was just checked).
+fn utimes_pinned(
+    pinned: &Pinned,
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    mtime: Time,
+) -> io::Result<()> {
+    let times = timestamps(mtime);
+    let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
+    match rustix::fs::utimensat(&pinned.fd, c"", &times, flags) {
+        Err(Errno::INVAL | Errno::NOENT) if pinned.kind == Kind::Symlink => {
+            Ok(rustix::fs::utimensat(dirfd, name, &times, AtFlags::SYMLINK_NOFOLLOW)?)
+        }
+        Err(Errno::INVAL | Errno::NOENT) => {
+            let path = proc_fd_path(&pinned.fd);
+            Ok(rustix::fs::utimensat(rustix::fs::CWD, &path, &times, AtFlags::empty())?)
+        }
+        other => Ok(other?),
+    }
+}
+
+fn proc_fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+pub(super) fn timestamps(mtime: Time) -> Timestamps {
+    Timestamps {
+        last_access: Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: Timespec { tv_sec: mtime.sec, tv_nsec: i64::from(mtime.nsec) },
+    }
+}
+
+/// Whether `diff` needs a chmod: chown clears setuid/setgid, so a chown of an entry
+/// with those bits needs its mode set again.
+fn needs_chmod(src: &Entry, diff: AttrDiff) -> bool {
+    src.kind.has_mode() && (diff.mode || (diff.owner && src.mode & 0o6000 != 0))
+}
+
+/// Makes a directory that its owner cannot open or list (mode 000, 0300, 0400 mirrored
+/// from SOURCE) usable by its owner again, so it can be emptied and removed. Pinned like
+/// any other change: a name swapped for a symlink is refused, not followed.
+pub fn open_up_dir(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dirfd, name, flags, Mode::empty())?;
+    let mode = Entry::stat_fd(&fd)?.mode | 0o700;
+    chmod_pinned(&fd, mode)
+}
+
+fn uid(raw: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(raw)
+}
+
+fn gid(raw: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(raw)
+}

@@ -1,0 +1,281 @@
+//! Primitive operations on REPLICA, each safe on its own: directories, names, symlinks,
+//! FIFOs and devices, renames (here); file copies (`copy`), attributes (`attrs`), tree
+//! removal (`remove`). Every change is one name relative to an open directory descriptor,
+//! and nothing resolves a name a stranger could have swapped for a symlink or a hard link
+//! a moment before: creations refuse an existing name, opens refuse links, attributes go
+//! through a pinned descriptor. Knows nothing of when to call them.
+
+mod attrs;
+mod copy;
+mod remove;
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+pub use attrs::{Expect, set_attrs_at, set_attrs_fd};
+pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file};
+pub use remove::{Keep, Removed, remove_tree};
+
+use crate::entry::{AttrDiff, Entry, Kind};
+
+/// Prefix of replicad's temporary names; such names are never mirrored.
+pub const TEMP_PREFIX: &[u8] = b".replicad.tmp.";
+
+/// Hands out unique temporary names `.replicad.tmp.<pid>.<nonce>.<n>` for this process.
+/// The random nonce matters in containers, where every run is PID 1: a crashed run's
+/// leftovers must not look like this run's in-flight copies.
+pub struct TempNames {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Default for TempNames {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded randomly per process: a nonce without another dependency.
+        let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
+        let prefix = format!(".replicad.tmp.{}.{nonce:08x}.", std::process::id());
+        TempNames { prefix, next: AtomicU64::new(0) }
+    }
+}
+
+impl TempNames {
+    /// A fresh temporary name.
+    pub fn next(&self) -> CString {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // The prefix and a number contain no NUL byte, so this cannot fail.
+        CString::new(format!("{}{n}", self.prefix)).unwrap_or_default()
+    }
+
+    /// True if `name` is a temporary name of this very process (an in-flight copy).
+    pub fn is_ours(&self, name: &[u8]) -> bool {
+        name.starts_with(self.prefix.as_bytes())
+    }
+}
+
+/// True for any replicad temporary name (ours, or a crashed run's leftover).
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+// ---------------------------------------------------------------------------------------
+// Directories
+// ---------------------------------------------------------------------------------------
+
+/// Opens the directory `name` in `dirfd`, refusing to follow a symlink (ELOOP/ENOTDIR).
+pub fn open_dir_at(dirfd: impl AsFd, name: &CStr) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(rustix::fs::openat(dirfd, name, flags, Mode::empty())?)
+}
+
+/// One name from a directory listing, with the type getdents reported (may be Unknown).
+pub struct DirItem {
+    /// The name, raw bytes.
+    pub name: CString,
+    /// The type from getdents; `FileType::Unknown` on filesystems that do not say.
+    pub kind_hint: FileType,
+}
+
+/// Every name in the directory `fd` except `.` and `..`, unsorted.
+pub fn list_dir(fd: impl AsFd) -> io::Result<Vec<DirItem>> {
+    let mut items = Vec::new();
+    for_each_name(fd, |name, kind_hint| {
+        items.push(DirItem { name: name.to_owned(), kind_hint });
+        true
+    })?;
+    Ok(items)
+}
+
+/// True if the directory `fd` has a name (other than `.`/`..`) that `counts` accepts.
+/// Stops reading at the first one, so it costs one getdents on any directory.
+pub fn has_entry(fd: impl AsFd, counts: impl Fn(&CStr) -> bool) -> io::Result<bool> {
+    let mut found = false;
+    for_each_name(fd, |name, _| {
+        found = counts(name);
+        !found
+    })?;
+    Ok(found)
+}
+
+/// Calls `each` for every name from the descriptor's current offset until it returns false.
+fn for_each_name(fd: impl AsFd, mut each: impl FnMut(&CStr, FileType) -> bool) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut iter = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
+    while let Some(entry) = iter.next() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        if !each(name, entry.file_type()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the directory `name` (private until its attributes are set after its children).
+pub fn make_dir(dirfd: impl AsFd, name: &CStr) -> io::Result<()> {
+    let dirfd = dirfd.as_fd();
+    in_writable_dir(dirfd, || rustix::fs::mkdirat(dirfd, name, Mode::from_raw_mode(0o700)))
+}
+
+// ---------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------
+
+/// A temporary file in REPLICA that is unlinked unless it was renamed into place.
+pub(crate) struct TempFile<'a> {
+    pub(crate) dir: BorrowedFd<'a>,
+    pub(crate) name: CString,
+    pub(crate) live: bool,
+}
+
+impl Drop for TempFile<'_> {
+    fn drop(&mut self) {
+        if self.live {
+            let _ = rustix::fs::unlinkat(self.dir, &self.name, AtFlags::empty());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Symlinks, FIFOs, devices
+// ---------------------------------------------------------------------------------------
+
+/// Creates (or atomically replaces a non-directory with) a symlink `name -> target` with
+/// the source's owner and mtime.
+pub fn make_symlink(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    target: &CStr,
+    src: &Entry,
+    chown: bool,
+    temp_names: &TempNames,
+) -> io::Result<()> {
+    let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
+    in_writable_dir(dirfd, || rustix::fs::symlinkat(target, dirfd, &temp.name))?;
+    temp.live = true;
+    set_attrs_at(dirfd, &temp.name, Expect::Fresh(Kind::Symlink), src, AttrDiff::all(chown))?;
+    rename_into_place(dirfd, &temp.name, name)?;
+    temp.live = false;
+    Ok(())
+}
+
+/// Creates (or atomically replaces a non-directory with) a FIFO or device node like `src`.
+pub fn make_special(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    src: &Entry,
+    chown: bool,
+    temp_names: &TempNames,
+) -> io::Result<()> {
+    let file_type = match src.kind {
+        Kind::Fifo => FileType::Fifo,
+        Kind::CharDevice => FileType::CharacterDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    };
+    let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
+    let mode = Mode::from_raw_mode(0o600);
+    in_writable_dir(dirfd, || rustix::fs::mknodat(dirfd, &temp.name, file_type, mode, src.rdev))?;
+    temp.live = true;
+    set_attrs_at(dirfd, &temp.name, Expect::Fresh(src.kind), src, AttrDiff::all(chown))?;
+    rename_into_place(dirfd, &temp.name, name)?;
+    temp.live = false;
+    Ok(())
+}
+
+/// The target of the symlink `name` in `dirfd`, raw bytes.
+pub fn read_link_at(dirfd: impl AsFd, name: &CStr) -> io::Result<CString> {
+    Ok(rustix::fs::readlinkat(dirfd, name, Vec::new())?)
+}
+
+// ---------------------------------------------------------------------------------------
+// Removal and rename
+// ---------------------------------------------------------------------------------------
+
+/// Removes the non-directory `name` from `dirfd`.
+pub fn remove_file(dirfd: impl AsFd, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::unlinkat(dirfd, name, AtFlags::empty())?)
+}
+
+pub(crate) fn unlink_dir(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    unlink_in(parent, name, AtFlags::REMOVEDIR)
+}
+
+pub(crate) fn unlink_in(dir: impl AsFd, name: &CStr, flags: AtFlags) -> io::Result<()> {
+    let dir = dir.as_fd();
+    in_writable_dir(dir, || rustix::fs::unlinkat(dir, name, flags))
+}
+
+/// Runs `op`, which changes the directory `dir`. Without privileges, a replica directory
+/// whose SOURCE mode is read-only refuses that (EACCES): make it writable for its owner
+/// and try once more, as rsync does. The directory's mode is put back when it is
+/// finalized (its attributes are always set after its children are done).
+pub(crate) fn in_writable_dir<T>(
+    dir: BorrowedFd<'_>,
+    op: impl Fn() -> rustix::io::Result<T>,
+) -> io::Result<T> {
+    match op() {
+        Err(Errno::ACCESS) => {
+            let mode = Entry::stat_fd(dir)?.mode | 0o700;
+            rustix::fs::fchmod(dir, Mode::from_raw_mode(mode))?;
+            Ok(op()?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Renames a finished temporary entry over `name` in the same directory (atomic).
+pub(crate) fn rename_into_place(dir: BorrowedFd<'_>, temp: &CStr, name: &CStr) -> io::Result<()> {
+    in_writable_dir(dir, || rustix::fs::renameat(dir, temp, dir, name))
+}
+
+/// Renames `from` to `to` (possibly across directories of REPLICA), refusing to replace
+/// whatever is at `to`.
+pub fn rename_noreplace(
+    from_dir: impl AsFd,
+    from: &CStr,
+    to_dir: impl AsFd,
+    to: &CStr,
+) -> io::Result<()> {
+    let (from_dir, to_dir) = (from_dir.as_fd(), to_dir.as_fd());
+    let flags = rustix::fs::RenameFlags::NOREPLACE;
+    let rename = || rustix::fs::renameat_with(from_dir, from, to_dir, to, flags);
+    // Either directory may be the read-only one.
+    in_writable_dir(from_dir, || in_writable_dir(to_dir, rename).map_err(errno_of))
+}
+
+fn errno_of(e: io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::IO, Errno::from_raw_os_error)
+}
+
+/// Flushes the whole REPLICA filesystem once (end of a pass without `--fsync`).
+pub fn sync_filesystem(fd: impl AsFd) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(fd)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_unique_and_recognised() {
+        let names = TempNames::default();
+        let a = names.next();
+        let b = names.next();
+        assert_ne!(a, b);
+        assert!(is_temp_name(a.to_bytes()));
+        assert!(names.is_ours(a.to_bytes()));
+        assert!(!names.is_ours(b".replicad.tmp.1.0"));
+        let pid_only = format!(".replicad.tmp.{}.0", std::process::id());
+        assert!(!names.is_ours(pid_only.as_bytes()), "a same-PID leftover is not ours");
+        assert!(!is_temp_name(b"replicad.tmp.1"));
+    }
+}
