@@ -199,13 +199,13 @@ pub enum GuardTrip {
     SourceReplaced(String),
     /// SOURCE is now on another filesystem (typically: its disk was unmounted).
     #[error(
-        "source is no longer on the filesystem it was on at start (device {was:#x}, now {now:#x}: unmounted?); nothing deleted, waiting for it to come back"
+        "source is no longer on the filesystem it was on at start (was {was}, now {now}: unmounted?); nothing deleted, waiting for it to come back"
     )]
     SourceDeviceChanged {
-        /// Device at start.
-        was: u64,
-        /// Device now.
-        now: u64,
+        /// The filesystem at start (device number and filesystem id).
+        was: String,
+        /// The filesystem now.
+        now: String,
     },
     /// SOURCE is empty while REPLICA is not.
     #[error(
@@ -219,13 +219,13 @@ pub enum GuardTrip {
     ReplicaGone(String),
     /// REPLICA is now on another filesystem (its disk unmounted, or another one mounted).
     #[error(
-        "replica is no longer on the filesystem it was on at start (device {was:#x}, now {now:#x}: unmounted or remounted?); nothing written, waiting for it to come back"
+        "replica is no longer on the filesystem it was on at start (was {was}, now {now}: unmounted, or another one mounted?); nothing written, waiting for it to come back"
     )]
     ReplicaDeviceChanged {
-        /// Device at start.
-        was: u64,
-        /// Device now.
-        now: u64,
+        /// The filesystem at start (device number and filesystem id).
+        was: String,
+        /// The filesystem now.
+        now: String,
     },
     /// REPLICA's root cannot be opened (replaced by a file or a symlink, no permission).
     #[error("replica cannot be opened ({0}); nothing written")]

@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use rustix::fs::{Mode, OFlags};
-use tracing::{error, info};
+use tracing::{debug, error, info};
 
 use crate::config::Config;
 use crate::entry::{Entry, Kind};
@@ -36,8 +36,8 @@ pub struct OpenRoots {
 pub struct Guard {
     source: PathBuf,
     replica: PathBuf,
-    source_dev: u64,
-    replica_dev: Option<u64>,
+    source_fs: FsId,
+    replica_fs: Option<FsId>,
     boundaries: Vec<(u64, u64)>,
     allow_empty_source: bool,
     dry_run: bool,
@@ -51,12 +51,10 @@ impl Guard {
             path: config.source.clone(),
             reason: format!("cannot be opened without following a symlink: {e}"),
         };
-        let source_dev = open_dir_nofollow(&config.source)
-            .and_then(|fd| Entry::stat_fd(&fd))
-            .map_err(source_fail)?
-            .dev;
-        let replica_dev = match open_dir_nofollow(&config.replica) {
-            Ok(fd) => Some(Entry::stat_fd(&fd).map_err(|e| replica_fatal(config, e))?.dev),
+        let source_fs =
+            open_dir_nofollow(&config.source).and_then(|fd| FsId::of(&fd)).map_err(source_fail)?;
+        let replica_fs = match open_dir_nofollow(&config.replica) {
+            Ok(fd) => Some(FsId::of(&fd).map_err(|e| replica_fatal(config, e))?),
             Err(e) if e.kind() == io::ErrorKind::NotFound && config.dry_run => None,
             Err(e) => return Err(replica_fatal(config, e)),
         };
@@ -67,8 +65,8 @@ impl Guard {
         Ok(Guard {
             source: config.source.clone(),
             replica: config.replica.clone(),
-            source_dev,
-            replica_dev,
+            source_fs,
+            replica_fs,
             boundaries,
             allow_empty_source: config.allow_empty_source,
             dry_run: config.dry_run,
@@ -89,7 +87,9 @@ impl Guard {
         let result = self.check(in_flight);
         let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
         match (&result, holding.as_ref()) {
-            (Err(trip), Some(held)) if discriminant(trip) == discriminant(held) => {}
+            (Err(trip), Some(held)) if discriminant(trip) == discriminant(held) => {
+                debug!("{}: still holding: {trip}", trip.guard_name());
+            }
             (Err(trip), _) => {
                 error!("{}: {trip}", trip.guard_name());
                 *holding = Some(trip.clone());
@@ -108,15 +108,17 @@ impl Guard {
             Some(libc::ELOOP | libc::ENOTDIR) => GuardTrip::SourceReplaced(e.to_string()),
             _ => GuardTrip::SourceGone(e.to_string()),
         })?;
-        let now = Entry::stat_fd(&src).map_err(|e| GuardTrip::SourceGone(e.to_string()))?.dev;
-        if now != self.source_dev {
-            return Err(GuardTrip::SourceDeviceChanged { was: self.source_dev, now });
+        let now = FsId::of(&src).map_err(|e| GuardTrip::SourceGone(e.to_string()))?;
+        if now != self.source_fs {
+            let (was, now) = (self.source_fs.to_string(), now.to_string());
+            return Err(GuardTrip::SourceDeviceChanged { was, now });
         }
-        let dst = match (open_dir_nofollow(&self.replica), self.replica_dev) {
+        let dst = match (open_dir_nofollow(&self.replica), self.replica_fs) {
             (Ok(fd), Some(was)) => {
-                let now = Entry::stat_fd(&fd).map_err(|e| GuardTrip::ReplicaGone(e.to_string()))?;
-                if now.dev != was {
-                    return Err(GuardTrip::ReplicaDeviceChanged { was, now: now.dev });
+                let now = FsId::of(&fd).map_err(|e| GuardTrip::ReplicaGone(e.to_string()))?;
+                if now != was {
+                    let (was, now) = (was.to_string(), now.to_string());
+                    return Err(GuardTrip::ReplicaDeviceChanged { was, now });
                 }
                 Some(fd)
             }
@@ -136,6 +138,30 @@ impl Guard {
             return Err(GuardTrip::SourceEmpty);
         }
         Ok(OpenRoots { src, dst })
+    }
+}
+
+/// Which filesystem a directory is on. The device number alone is not enough: filesystems
+/// without a disk (tmpfs, overlay, NFS) take anonymous device numbers that are reused, so
+/// a new tmpfs mounted where an old one was can have the old one's number. The statfs
+/// filesystem id tells them apart (random per tmpfs mount; from the UUID on disks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FsId {
+    dev: u64,
+    fsid: u64,
+}
+
+impl FsId {
+    fn of(fd: &OwnedFd) -> io::Result<FsId> {
+        let dev = Entry::stat_fd(fd)?.dev;
+        let fsid = rustix::fs::fstatvfs(fd)?.f_fsid;
+        Ok(FsId { dev, fsid })
+    }
+}
+
+impl std::fmt::Display for FsId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device {:#x} id {:#x}", self.dev, self.fsid)
     }
 }
 

@@ -3,6 +3,7 @@
 //! auto-discover as separate targets.
 //!
 //! - `support`: the oracle (strict tree comparer), tree builder, binary runner, waiting.
+//! - `boundary`: never touch what is not ours — bind mounts, unmounts, planted links.
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
 //! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
@@ -11,6 +12,7 @@
 
 mod support;
 
+mod boundary;
 mod comparer;
 mod once;
 mod prop;

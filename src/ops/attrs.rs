@@ -183,3 +183,121 @@ fn uid(raw: u32) -> rustix::fs::Uid {
 fn gid(raw: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw(raw)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The swap an attacker races for, made deterministic: the name is replaced between
+    //! the statx that decided and the call that changes attributes.
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    struct Scene {
+        _tmp: tempfile::TempDir,
+        dir: OwnedFd,
+        outside: std::path::PathBuf,
+        base: std::path::PathBuf,
+    }
+
+    fn scene() -> Scene {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let base = tmp.path().to_path_buf();
+        std::fs::create_dir(base.join("replica")).expect("mkdir");
+        let outside = base.join("outside");
+        std::fs::write(&outside, b"not replicad's").expect("write");
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = rustix::fs::open(base.join("replica"), flags, Mode::empty()).expect("open");
+        Scene { _tmp: tmp, dir, outside, base }
+    }
+
+    fn source_like(kind: Kind) -> Entry {
+        let mut e = Entry::stat_fd(rustix::fs::CWD).expect("stat");
+        e.kind = kind;
+        e.mode = 0o4777;
+        e.mtime = Time { sec: 1_000_000, nsec: 7 };
+        e
+    }
+
+    fn outside_state(s: &Scene) -> (u32, i64, u32) {
+        let m = std::fs::metadata(&s.outside).expect("stat outside");
+        (m.mode() & 0o7777, m.mtime(), m.uid())
+    }
+
+    fn decided_then_swapped(s: &Scene, make: impl Fn(&std::path::Path)) -> Entry {
+        let name = s.base.join("replica/x");
+        make(&name);
+        let decided = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
+        std::fs::remove_file(&name).expect("remove");
+        std::os::unix::fs::symlink(&s.outside, &name).expect("symlink");
+        decided
+    }
+
+    #[test]
+    fn a_fifo_swapped_for_a_symlink_is_left_alone_and_nothing_outside_changes() {
+        let s = scene();
+        let before = outside_state(&s);
+        let decided = decided_then_swapped(&s, |p| {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                p,
+                rustix::fs::FileType::Fifo,
+                Mode::from_raw_mode(0o600),
+                0,
+            )
+            .expect("mkfifo");
+        });
+        let src = source_like(Kind::Fifo);
+        let err =
+            set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(true))
+                .expect_err("a swapped name must be refused");
+        assert_eq!(err.kind(), io::ErrorKind::StaleNetworkFileHandle, "{err}");
+        assert_eq!(outside_state(&s), before, "the file outside REPLICA changed");
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_is_left_alone() {
+        let s = scene();
+        let before = outside_state(&s);
+        let decided = decided_then_swapped(&s, |p| std::fs::write(p, b"r").expect("write"));
+        let src = source_like(Kind::File);
+        assert!(
+            set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(true))
+                .is_err()
+        );
+        assert_eq!(outside_state(&s), before, "the file outside REPLICA changed");
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_outside_is_never_changed_in_place() {
+        let s = scene();
+        let before = outside_state(&s);
+        std::fs::hard_link(&s.outside, s.base.join("replica/x")).expect("link");
+        let decided = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
+        let src = source_like(Kind::File);
+        let err =
+            set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(true))
+                .expect_err("a linked inode must be refused");
+        assert_eq!(err.kind(), io::ErrorKind::StaleNetworkFileHandle, "{err}");
+        assert_eq!(outside_state(&s), before, "the file outside REPLICA changed");
+    }
+
+    #[test]
+    fn the_entry_decided_on_gets_every_attribute() {
+        let s = scene();
+        rustix::fs::mknodat(
+            &s.dir,
+            c"x",
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        let decided = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
+        let mut src = source_like(Kind::Fifo);
+        src.mode = 0o751;
+        set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(false))
+            .expect("set");
+        let now = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
+        assert_eq!((now.mode, now.mtime), (0o751, src.mtime));
+    }
+}
