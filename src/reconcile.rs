@@ -1191,13 +1191,17 @@ impl Engine {
             return Ok(true);
         };
         let cancelled = || self.cancel.is_cancelled();
-        let read = |dir: &OwnedFd, entry: &Entry| -> io::Result<crate::checksum::Md5Sum> {
-            let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
-            cache.md5(&fd, entry, &cancelled)
-        };
-        let a = read(src_dir, src).map_err(|e| EntryError::io(Op::Read, rel, e))?;
-        let b = read(dst_dir, dst).map_err(|e| EntryError::io(Op::Read, rel, e))?;
+        let md5 = |fd: OwnedFd, entry: &Entry| cache.md5(&fd, entry, &cancelled);
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let a = rustix::fs::openat(src_dir, name, flags, Mode::empty())
+            .map_err(io::Error::from)
+            .and_then(|fd| md5(fd, src))
+            .map_err(|e| EntryError::io(Op::Read, rel, e))?;
+        // The replica side is opened only once it is known to be the file decided on (a
+        // device node renamed onto the name must not even be opened).
+        let b = ops::open_pinned_for_reading(dst_dir.as_fd(), name, Expect::Same(dst))
+            .and_then(|fd| md5(fd, dst))
+            .map_err(|e| EntryError::io(Op::Read, rel, e))?;
         Ok(a == b)
     }
 

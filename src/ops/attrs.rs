@@ -92,6 +92,19 @@ fn pin(dirfd: BorrowedFd<'_>, name: &CStr, expect: Expect<'_>) -> io::Result<Pin
     Ok(Pinned { fd, kind: now.kind })
 }
 
+/// Opens the replica file `name` for reading, but only after pinning it and checking it is
+/// what `expect` says: the open itself goes through the pinned descriptor's
+/// `/proc/self/fd` link, so no name is resolved twice.
+pub fn open_pinned_for_reading(
+    dirfd: BorrowedFd<'_>,
+    name: &CStr,
+    expect: Expect<'_>,
+) -> io::Result<OwnedFd> {
+    let pinned = pin(dirfd, name, expect)?;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    Ok(rustix::fs::open(proc_fd_path(&pinned.fd), flags, Mode::empty())?)
+}
+
 /// chmod through a pinned descriptor: `fchmodat2(fd, "", AT_EMPTY_PATH)` (Linux 6.6+),
 /// else through the descriptor's `/proc/self/fd` link, which names the inode itself.
 fn chmod_pinned(fd: &OwnedFd, mode: u32) -> io::Result<()> {

@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags};
@@ -84,7 +84,9 @@ pub fn copy_file(
     if before.kind != Kind::File {
         return Err(EntryErrorKind::ChangedDuringCopy);
     }
-    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    // Read-write so `--verify` re-reads the copy through this very descriptor: opening the
+    // temporary name again could open whatever a stranger renamed onto it meanwhile.
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let mut temp = TempFile { dir: dst_dir, name: ctx.temp_names.next(), live: false };
     let create = || rustix::fs::openat(dst_dir, &temp.name, flags, Mode::from_raw_mode(0o600));
     let tmp = File::from(in_writable_dir(dst_dir, create)?);
@@ -96,9 +98,7 @@ pub fn copy_file(
         return Err(EntryErrorKind::ChangedDuringCopy);
     }
     if ctx.opts.verify {
-        // Re-read what landed on disk, through a fresh read-only descriptor.
-        let written = rustix::fs::openat(dst_dir, &temp.name, read_only_nofollow(), Mode::empty())?;
-        verify_copy(&src, &written, &before, ctx.md5_cache, ctx.cancelled)?;
+        verify_copy(&src, &tmp, &before, ctx.md5_cache, ctx.cancelled)?;
     }
     if ctx.opts.fsync {
         rustix::fs::fdatasync(&tmp)?;
@@ -218,7 +218,7 @@ fn copy_sparse(
 /// `--verify`: the copy's MD5 must equal the source's.
 fn verify_copy(
     src: &File,
-    tmp: &OwnedFd,
+    tmp: &File,
     src_entry: &Entry,
     md5_cache: Option<&Md5Cache>,
     cancelled: &dyn Fn() -> bool,

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-pub use attrs::{Expect, set_attrs_at, set_attrs_fd};
+pub use attrs::{Expect, open_pinned_for_reading, set_attrs_at, set_attrs_fd};
 pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file};
 pub use remove::{Keep, Removed, remove_tree};
 
