@@ -168,6 +168,16 @@ pub enum Fatal {
         /// The parser's complaint.
         reason: String,
     },
+    /// The filesystem worker threads cannot be started (a thread or process limit).
+    #[error(
+        "cannot start {jobs} filesystem worker threads ({reason}); lower --jobs or raise the limit"
+    )]
+    Threads {
+        /// How many were asked for.
+        jobs: usize,
+        /// The OS's refusal.
+        reason: String,
+    },
     /// The log file lies inside SOURCE or REPLICA.
     #[error("log file {}: {reason}", Escaped::path(.path))]
     LogFileInside {

@@ -1,8 +1,9 @@
 //! The engine. `decide(source, replica)` is pure: it says what one entry needs. The rest
 //! applies decisions through `ops`: `full_pass` reconciles the whole tree; `reconcile_path`
 //! and `follow_rename` reconcile what an event pointed at. All three share one idempotent
-//! per-entry path, run over an explicit work list (no call-stack recursion) by up to
-//! `jobs` threads. Blocking code; knows nothing of events or timers.
+//! per-entry path, run as tasks (a directory, or a batch of entries: no call-stack
+//! recursion) on one pool of `--jobs` threads started once for the process. Blocking
+//! code; knows nothing of events or timers.
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString, OsStr};
@@ -10,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -263,14 +264,14 @@ pub struct EngineOptions {
     pub copy: CopyOptions,
     /// An empty SOURCE may empty REPLICA.
     pub allow_empty_source: bool,
-    /// Threads for one pass.
-    pub jobs: usize,
 }
 
 /// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
 /// event queue; holds no per-file state (the optional MD5 cache is bounded).
 pub struct Engine {
     guard: Guard,
+    /// The process's filesystem workers: `--jobs` threads, started once.
+    pool: rayon::ThreadPool,
     opts: EngineOptions,
     rules: Rules,
     excludes: Excludes,
@@ -291,15 +292,21 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<Engine, Fatal> {
         let guard = Guard::new(config)?;
+        let jobs = config.jobs.max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .thread_name(|i| format!("replicad-fs-{i}"))
+            .build()
+            .map_err(|e| Fatal::Threads { jobs, reason: e.to_string() })?;
         let opts = EngineOptions {
             dry_run: config.dry_run,
             checksum: config.checksum,
             copy: CopyOptions { chown: config.chown, fsync: config.fsync, verify: config.verify },
             allow_empty_source: config.allow_empty_source,
-            jobs: config.jobs.max(1),
         };
         Ok(Engine {
             guard,
+            pool,
             rules: Rules { owners: config.chown, checksum: config.checksum },
             opts,
             excludes,
@@ -325,14 +332,7 @@ impl Engine {
 
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
-        let started = Instant::now();
-        let counters = Counters::default();
-        let mut report = PassReport::default();
-        match self.open_roots() {
-            Err(trip) => report.guard = Some(trip),
-            Ok(roots) => self.reconcile_root(roots, &counters),
-        }
-        self.finish(report, &counters, started)
+        self.run(|roots, counters| self.reconcile_root(roots, counters))
     }
 
     /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
@@ -341,15 +341,10 @@ impl Engine {
         if rel.is_root() && recursive {
             return self.full_pass();
         }
-        let started = Instant::now();
-        let counters = Counters::default();
-        let mut report = PassReport::default();
-        match self.open_roots() {
-            Err(trip) => report.guard = Some(trip),
-            Ok(roots) if rel.is_root() => self.fix_root_attrs(&roots, &counters),
-            Ok(roots) => self.reconcile_below_root(&roots, rel, recursive, &counters),
-        }
-        self.finish(report, &counters, started)
+        self.run(|roots, counters| match rel.is_root() {
+            true => self.fix_root_attrs(&roots, counters),
+            false => self.reconcile_below_root(&roots, rel, recursive, counters),
+        })
     }
 
     /// A change to the SOURCE root's own metadata (or to an entry right under it, which
@@ -365,34 +360,38 @@ impl Engine {
     /// itself (which removes it if the rename was not followed, and fixes its parent), so
     /// the result is right whatever the rename did.
     pub fn follow_rename(&self, from: &RelPath, to: &RelPath) -> PassReport {
-        let started = Instant::now();
-        let counters = Counters::default();
-        let mut report = PassReport::default();
-        match self.open_roots() {
-            Err(trip) => report.guard = Some(trip),
-            Ok(roots) => {
-                // Either end excluded (as a file or as a directory): no shortcut, the two
-                // reconciles below do what the exclusion allows.
-                let excluded = |p: &RelPath| {
-                    self.excludes.matches_path_or_parent(p, false)
-                        || self.excludes.matches_path_or_parent(p, true)
-                };
-                if !excluded(from) && !excluded(to) {
-                    self.try_rename(&roots, from, to, &counters);
-                }
-                self.reconcile_below_root(&roots, to, true, &counters);
-                self.reconcile_below_root(&roots, from, false, &counters);
+        self.run(|roots, counters| {
+            // Either end excluded (as a file or as a directory): no shortcut, the two
+            // reconciles below do what the exclusion allows.
+            let excluded = |p: &RelPath| {
+                self.excludes.matches_path_or_parent(p, false)
+                    || self.excludes.matches_path_or_parent(p, true)
+            };
+            if !excluded(from) && !excluded(to) {
+                self.try_rename(&roots, from, to, counters);
             }
-        }
-        self.finish(report, &counters, started)
+            self.reconcile_below_root(&roots, to, true, counters);
+            self.reconcile_below_root(&roots, from, false, counters);
+        })
     }
 
-    fn finish(&self, mut report: PassReport, counters: &Counters, started: Instant) -> PassReport {
-        report.counts = counters.snapshot();
-        report.transient = counters.transient.load(Ordering::Relaxed);
-        report.cancelled = self.cancel.is_cancelled();
-        report.duration = started.elapsed();
-        report
+    /// One piece of work on the pool: the roots are opened through the guards, `work` runs
+    /// if they pass, and the counts become the report.
+    fn run(&self, work: impl FnOnce(OpenRoots, &Counters) + Send) -> PassReport {
+        self.in_pool(|| {
+            let started = Instant::now();
+            let counters = Counters::default();
+            let mut report = PassReport::default();
+            match self.open_roots() {
+                Err(trip) => report.guard = Some(trip),
+                Ok(roots) => work(roots, &counters),
+            }
+            report.counts = counters.snapshot();
+            report.transient = counters.transient.load(Ordering::Relaxed);
+            report.cancelled = self.cancel.is_cancelled();
+            report.duration = started.elapsed();
+            report
+        })
     }
 
     /// Opens both roots anew through the guards (see `guard`).
@@ -416,7 +415,7 @@ impl Engine {
         };
         let replica_fs = roots.dst.as_ref().map(dup);
         let job = DirJob { src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
-        self.run_work(vec![Work::Dir(job)], counters);
+        self.run_work(Work::Dir(job), counters);
         let changed = counters.snapshot().changes() > 0;
         if changed && !self.opts.dry_run && !self.opts.copy.fsync {
             let synced = match replica_fs {
@@ -518,7 +517,7 @@ impl Engine {
                 let parent = DirNode::detached(dir_rel.clone(), Some(dst_parent));
                 let open = Opening::Child { src_parent: Arc::new(src_parent), name };
                 let job = DirJob { src, dst, open, parent: Some(parent) };
-                self.run_work(vec![Work::Dir(job)], counters);
+                self.run_work(Work::Dir(job), counters);
             }
             (Action::Descend, Some(src)) => {
                 if let Some(dst) = &dst {
@@ -615,38 +614,38 @@ impl Engine {
     // The work list
     // ---------------------------------------------------------------------------------
 
-    /// Runs `initial` and everything it spawns on up to `jobs` threads, depth first.
-    fn run_work(&self, initial: Vec<Work>, counters: &Counters) {
-        let list = WorkList::new(initial);
-        let threads = self.opts.jobs;
+    /// Runs `work` and everything it spawns on the engine's pool, and returns when all of
+    /// it is done. Must be called on a pool thread (every entry point runs in `in_pool`).
+    fn run_work(&self, work: Work, counters: &Counters) {
+        rayon::scope(|scope| self.spawn(scope, work, counters));
+    }
+
+    /// Queues one piece of work on the pool. Work queued after shutdown began is dropped
+    /// unstarted (its directories are then never finalized, which is what a stop wants).
+    fn spawn<'s>(&'s self, scope: &rayon::Scope<'s>, work: Work, counters: &'s Counters) {
+        // Log lines keep the caller's span (the dry run's) whichever thread runs the work.
         let span = tracing::Span::current();
-        std::thread::scope(|scope| {
-            for _ in 1..threads {
-                let span = span.clone();
-                scope.spawn(|| {
-                    let _entered = span.entered();
-                    self.worker(&list, counters);
-                });
+        scope.spawn(move |scope| {
+            let _entered = span.enter();
+            if self.cancel.is_cancelled() {
+                return;
             }
-            self.worker(&list, counters);
+            match work {
+                Work::Dir(job) => self.run_dir(job, scope, counters),
+                Work::Items(batch) => self.run_items(batch, counters),
+            }
         });
     }
 
-    fn worker(&self, list: &WorkList, counters: &Counters) {
-        while let Some(work) = list.pop(&self.cancel) {
-            // Marks the item done even if processing panics, so the other threads are not
-            // left waiting for it; the scope then re-raises the panic.
-            let _active = Active(list);
-            match work {
-                Work::Dir(job) => self.run_dir(job, list, counters),
-                Work::Items(batch) => self.run_items(batch, counters),
-            }
-        }
+    /// Runs `f` on the engine's pool: every filesystem operation of this process happens on
+    /// one of its `--jobs` threads, however many passes and events ask at once.
+    fn in_pool<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.pool.install(f)
     }
 
     /// Opens (creating if needed) one directory on both sides, lists both, decides every
     /// child, and queues the work: subdirectories as their own jobs, the rest in batches.
-    fn run_dir(&self, job: DirJob, list: &WorkList, counters: &Counters) {
+    fn run_dir<'s>(&'s self, job: DirJob, scope: &rayon::Scope<'s>, counters: &'s Counters) {
         let DirJob { src, dst, open, parent } = job;
         let (place, opened) = match open {
             Opening::Root(src_fd, dst_fd) => {
@@ -678,7 +677,7 @@ impl Engine {
             pending: AtomicUsize::new(1),
             parent,
         });
-        if let Err(e) = self.queue_children(&node, src_fd, list, counters) {
+        if let Err(e) = self.queue_children(&node, src_fd, scope, counters) {
             // A directory that cannot be listed is never "empty": nothing under it is
             // touched, and its attributes are left for when it can be read. Its parent is
             // released so the rest of the tree is finalized as usual.
@@ -723,12 +722,12 @@ impl Engine {
         Ok((src_fd, Some(dst_fd), !exists))
     }
 
-    fn queue_children(
-        &self,
+    fn queue_children<'s>(
+        &'s self,
         node: &Arc<DirNode>,
         src_fd: OwnedFd,
-        list: &WorkList,
-        counters: &Counters,
+        scope: &rayon::Scope<'s>,
+        counters: &'s Counters,
     ) -> Result<(), EntryError> {
         let mut src_names =
             ops::list_dir(&src_fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?;
@@ -752,25 +751,24 @@ impl Engine {
                 Item { action: Action::Descend, src: Some(src), dst, name } => {
                     let open = Opening::Child { src_parent: src_fd.clone(), name };
                     node.pending.fetch_add(1, Ordering::AcqRel);
-                    list.push(Work::Dir(DirJob { src, dst, open, parent: Some(node.clone()) }));
+                    let job = DirJob { src, dst, open, parent: Some(node.clone()) };
+                    self.spawn(scope, Work::Dir(job), counters);
                 }
                 item => {
                     batch.push(item);
                     if batch.len() >= BATCH {
                         node.pending.fetch_add(1, Ordering::AcqRel);
                         let items = std::mem::take(&mut batch);
-                        list.push(Work::Items(Batch {
-                            node: node.clone(),
-                            src_fd: src_fd.clone(),
-                            items,
-                        }));
+                        let batch = Batch { node: node.clone(), src_fd: src_fd.clone(), items };
+                        self.spawn(scope, Work::Items(batch), counters);
                     }
                 }
             }
         }
         if !batch.is_empty() {
             node.pending.fetch_add(1, Ordering::AcqRel);
-            list.push(Work::Items(Batch { node: node.clone(), src_fd, items: batch }));
+            let batch = Batch { node: node.clone(), src_fd, items: batch };
+            self.spawn(scope, Work::Items(batch), counters);
         }
         Ok(())
     }
@@ -1374,62 +1372,6 @@ fn complete(mut node: Option<Arc<DirNode>>, engine: &Engine, counters: &Counters
         }
         engine.finalize_dir(&n, counters);
         node = n.parent.clone();
-    }
-}
-
-/// A LIFO of work shared by the pass's threads; ends when empty and nobody is working.
-struct WorkList {
-    state: Mutex<(Vec<Work>, usize)>,
-    wake: Condvar,
-}
-
-impl WorkList {
-    fn new(initial: Vec<Work>) -> WorkList {
-        WorkList { state: Mutex::new((initial, 0)), wake: Condvar::new() }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Work>, usize)> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn push(&self, work: Work) {
-        self.lock().0.push(work);
-        self.wake.notify_one();
-    }
-
-    fn pop(&self, cancel: &CancellationToken) -> Option<Work> {
-        let mut state = self.lock();
-        loop {
-            if cancel.is_cancelled() {
-                state.0.clear();
-            }
-            if let Some(work) = state.0.pop() {
-                state.1 += 1;
-                return Some(work);
-            }
-            if state.1 == 0 {
-                self.wake.notify_all();
-                return None;
-            }
-            state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn done(&self) {
-        let mut state = self.lock();
-        state.1 -= 1;
-        if state.1 == 0 && state.0.is_empty() {
-            self.wake.notify_all();
-        }
-    }
-}
-
-/// One item being worked on; dropping it tells the list.
-struct Active<'a>(&'a WorkList);
-
-impl Drop for Active<'_> {
-    fn drop(&mut self) {
-        self.0.done();
     }
 }
 
