@@ -63,7 +63,7 @@ use crate::support::{
 const DEFAULT_SEED: u64 = 0x5eed_2024_a77a_c4ed;
 
 /// How long the attack on the service lasts.
-const ATTACK_TIME: Duration = Duration::from_secs(8);
+const ATTACK_TIME: Duration = Duration::from_secs(10);
 
 /// `--once` runs race the attackers for this long, and at least [`ONCE_RUNS`] times (a run
 /// of this small tree takes tens of milliseconds, so the count alone would be a short
@@ -78,6 +78,9 @@ const CONVERGE: Duration = Duration::from_secs(10);
 
 /// Attacker threads. Each owns its own share of the swap targets and its own staging names.
 const ATTACKERS: usize = 2;
+
+/// How many names one exchange loop works on at most.
+const SWAP_WIDTH: usize = 6;
 
 /// Top-level directories in SOURCE.
 const DIRS: usize = 5;
@@ -513,20 +516,35 @@ enum Kind {
     LinkExtra,
 }
 
-/// Attack kinds with weights: exchange loops dominate, the destructive kinds are rarer so
-/// that most of the tree is there to be raced most of the time.
+impl Kind {
+    /// An exchange loop (the rest are single steps).
+    fn is_swap(self) -> bool {
+        matches!(
+            self,
+            Kind::SwapFifo | Kind::SwapFile | Kind::SwapFifoHardLink | Kind::SwapFileHardLink
+        )
+    }
+}
+
+/// Attack kinds with weights. An attacker alternates an exchange loop (chosen among the
+/// swap kinds) with, half the time, one step of another kind (chosen among the rest), so
+/// the single steps keep their pace however long the loops take on a loaded machine.
+/// FIFOs get most of the loops: only a chmod fixes their mode.
 const KINDS: &[(Kind, u64)] = &[
-    (Kind::SwapFifo, 30),
-    (Kind::SwapFile, 15),
-    (Kind::LinkAttrs, 6),
-    (Kind::DirToLink, 6),
-    (Kind::HardLink, 8),
-    (Kind::Plant, 8),
-    (Kind::Delete, 6),
-    (Kind::ChmodDir, 8),
-    (Kind::LinkAtSourceDir, 6),
-    (Kind::LinkExtra, 8),
+    (Kind::SwapFifo, 3),
+    (Kind::SwapFile, 1),
+    (Kind::LinkAttrs, 1),
+    (Kind::DirToLink, 1),
+    (Kind::HardLink, 1),
+    (Kind::Plant, 1),
+    (Kind::Delete, 1),
+    (Kind::ChmodDir, 1),
+    (Kind::LinkAtSourceDir, 1),
+    (Kind::LinkExtra, 1),
 ];
+
+/// How long one exchange loop runs: a random duration in this range of microseconds.
+const BURST_US: (u64, u64) = (5_000, 20_000);
 
 impl<'a> Attacker<'a> {
     fn new(a: &'a Attack<'a>, id: usize, rng: Rng) -> Attacker<'a> {
@@ -542,32 +560,53 @@ impl<'a> Attacker<'a> {
     }
 
     fn run(mut self) {
-        let kinds = self.a.kinds;
-        let total: u64 = kinds.iter().map(|(_, w)| w).sum();
+        let swaps: Vec<(Kind, u64)> =
+            self.a.kinds.iter().copied().filter(|(k, _)| k.is_swap()).collect();
+        let steps: Vec<(Kind, u64)> =
+            self.a.kinds.iter().copied().filter(|(k, _)| !k.is_swap()).collect();
         while !self.a.stop.load(Ordering::Relaxed) {
-            let mut roll = self.rng.next() % total;
-            let kind = kinds
-                .iter()
-                .find(|(_, w)| {
-                    let hit = roll < *w;
-                    roll = roll.saturating_sub(*w);
-                    hit
-                })
-                .map_or(Kind::SwapFifo, |(k, _)| *k);
-            match kind {
-                Kind::SwapFifo => self.swap_burst(true, false),
-                Kind::SwapFile => self.swap_burst(false, false),
-                Kind::SwapFifoHardLink => self.swap_burst(true, true),
-                Kind::SwapFileHardLink => self.swap_burst(false, true),
-                Kind::LinkAttrs => self.link_attrs(),
-                Kind::DirToLink => self.dir_to_link(),
-                Kind::HardLink => self.hard_link(),
-                Kind::Plant => self.plant(),
-                Kind::Delete => self.delete(),
-                Kind::ChmodDir => self.chmod_dir(),
-                Kind::LinkAtSourceDir => self.link_at_source_dir(),
-                Kind::LinkExtra => self.link_extra(),
+            if let Some(kind) = self.choose(&swaps) {
+                self.step(kind);
             }
+            if self.rng.chance(50)
+                && let Some(kind) = self.choose(&steps)
+            {
+                self.step(kind);
+            }
+        }
+    }
+
+    /// A kind from `kinds`, by weight (`None` if there is none).
+    fn choose(&mut self, kinds: &[(Kind, u64)]) -> Option<Kind> {
+        let total: u64 = kinds.iter().map(|(_, w)| w).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut roll = self.rng.next() % total;
+        kinds
+            .iter()
+            .find(|(_, w)| {
+                let hit = roll < *w;
+                roll = roll.saturating_sub(*w);
+                hit
+            })
+            .map(|(k, _)| *k)
+    }
+
+    fn step(&mut self, kind: Kind) {
+        match kind {
+            Kind::SwapFifo => self.swap_burst(true, false),
+            Kind::SwapFile => self.swap_burst(false, false),
+            Kind::SwapFifoHardLink => self.swap_burst(true, true),
+            Kind::SwapFileHardLink => self.swap_burst(false, true),
+            Kind::LinkAttrs => self.link_attrs(),
+            Kind::DirToLink => self.dir_to_link(),
+            Kind::HardLink => self.hard_link(),
+            Kind::Plant => self.plant(),
+            Kind::Delete => self.delete(),
+            Kind::ChmodDir => self.chmod_dir(),
+            Kind::LinkAtSourceDir => self.link_at_source_dir(),
+            Kind::LinkExtra => self.link_extra(),
         }
     }
 
@@ -638,78 +677,87 @@ impl<'a> Attacker<'a> {
         ok
     }
 
-    /// a. Makes a FIFO (or file) need an attribute fix, then exchanges its name with a
-    /// symlink to a victim entry (with `hard`: a hard link to a victim file) and back,
-    /// hundreds of times without pause, keeping the trap armed (the link in staging, the
-    /// wrong mode in REPLICA) whatever replicad does.
+    /// a. Makes a few FIFOs (or files) need an attribute fix, then exchanges each name with
+    /// a symlink to a victim entry (with `hard`: a hard link to a victim file) and back,
+    /// without pause for a few milliseconds ([`BURST_US`]), keeping every trap armed (the
+    /// link in staging, the wrong mode in REPLICA) whatever replicad does. Several names at
+    /// once keep several windows open in every pass.
     fn swap_burst(&mut self, fifo: bool, hard: bool) {
         let (want, pool) = if fifo {
             (FileType::Fifo, &self.a.layout.swap_fifos)
         } else {
             (FileType::RegularFile, &self.a.layout.swap_files)
         };
-        let mine: Vec<&At> = pool
+        let mut mine: Vec<&At> = pool
             .iter()
             .enumerate()
             .filter(|(i, _)| i % ATTACKERS == self.id)
             .map(|(_, a)| a)
             .collect();
-        let at = (*self.rng.pick(&mine)).clone();
-        let Ok(parent) = open_chain(&self.root, &at.dir) else { return };
-        let link = format!("swap-{}", self.id);
-        let trap = if hard {
-            Trap::HardLink(self.rng.pick(&self.a.victim.linkable).clone())
-        } else {
-            Trap::Symlink(self.rng.pick(&self.a.victim.targets).clone())
-        };
-        // A fresh target each burst: remove the old link first.
-        let _ = rustix::fs::unlinkat(&self.staging, link.as_str(), AtFlags::empty());
-        if !self.arm_trap(&link, &trap) || !self.provoke(&parent, &at.name, want) {
-            return;
+        let mut lanes = Vec::new();
+        for lane in 0..1 + self.rng.below(SWAP_WIDTH) {
+            let at = mine.swap_remove(self.rng.below(mine.len())).clone();
+            let Ok(parent) = open_chain(&self.root, &at.dir) else { continue };
+            let link = format!("swap-{}-{lane}", self.id);
+            let trap = if hard {
+                Trap::HardLink(self.rng.pick(&self.a.victim.linkable).clone())
+            } else {
+                Trap::Symlink(self.rng.pick(&self.a.victim.targets).clone())
+            };
+            // A fresh target each burst: remove the old link first.
+            let _ = rustix::fs::unlinkat(&self.staging, link.as_str(), AtFlags::empty());
+            if self.arm_trap(&link, &trap) && self.provoke(&parent, &at.name, want) {
+                lanes.push(Lane { at, parent, link, trap });
+            }
         }
         let counter = match (hard, fifo) {
             (true, _) => &self.a.stats.swap_hardlink,
             (false, true) => &self.a.stats.swap_fifo,
             (false, false) => &self.a.stats.swap_file,
         };
-        let rounds = 200 + self.rng.below(600);
+        let (lo, hi) = BURST_US;
+        let until = Instant::now() + Duration::from_micros(lo + self.rng.next() % (hi - lo));
         let max_spin = *self.rng.pick(&[0usize, 50, 500, 3000]);
-        for _ in 0..rounds {
-            if self.a.stop.load(Ordering::Relaxed) {
+        while Instant::now() < until {
+            if lanes.is_empty() || self.a.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let exchange = || {
-                rustix::fs::renameat_with(
-                    &parent,
-                    at.name.as_str(),
-                    &self.staging,
-                    link.as_str(),
-                    RenameFlags::EXCHANGE,
-                )
-            };
-            if exchange().is_err() {
-                return;
-            }
+            let went_in: Vec<bool> = lanes.iter().map(|l| self.exchange(l)).collect();
             if max_spin > 0 {
                 spin(self.rng.below(max_spin));
             }
-            if exchange().is_err() {
-                return;
-            }
-            Stats::bump(counter);
-            // replicad may have replaced the link it saw: re-arm.
-            if !self.arm_trap(&link, &trap) {
-                return;
-            }
-            // replicad may have fixed the mode: make it wrong again.
-            match lstat_at(&parent, &at.name) {
-                Some(st) if kind_of(&st) == want && st.st_mode & 0o7777 != ATTACK_MODE => {
-                    self.provoke(&parent, &at.name, want);
+            // A lane whose name vanished, or that cannot be swapped back, is dropped.
+            let came_back: Vec<bool> =
+                lanes.iter().zip(&went_in).map(|(l, &went)| went && self.exchange(l)).collect();
+            let mut back = came_back.iter();
+            lanes.retain(|_| back.next().is_some_and(|&b| b));
+            for lane in &lanes {
+                Stats::bump(counter);
+                // replicad may have replaced the link it saw: re-arm.
+                if !self.arm_trap(&lane.link, &lane.trap) {
+                    return;
                 }
-                Some(_) => {}
-                None => return,
+                // replicad may have fixed the mode: make it wrong again.
+                if let Some(st) = lstat_at(&lane.parent, &lane.at.name)
+                    && kind_of(&st) == want
+                    && st.st_mode & 0o7777 != ATTACK_MODE
+                {
+                    self.provoke(&lane.parent, &lane.at.name, want);
+                }
             }
         }
+    }
+
+    /// Exchanges a lane's replica name with its trap in staging.
+    fn exchange(&self, lane: &Lane) -> bool {
+        rustix::fs::renameat_with(
+            &lane.parent,
+            lane.at.name.as_str(),
+            &self.staging,
+            lane.link.as_str(),
+            RenameFlags::EXCHANGE,
+        )
+        .is_ok()
     }
 
     /// a. Gives a mirrored symlink another owner or mtime (never following it).
@@ -904,6 +952,14 @@ impl<'a> Attacker<'a> {
             Stats::bump(&self.a.stats.link_extra);
         }
     }
+}
+
+/// One replica name an exchange loop works on, with its trap in staging.
+struct Lane {
+    at: At,
+    parent: OwnedFd,
+    link: String,
+    trap: Trap,
 }
 
 /// What an exchange loop swaps in for a replica entry.
