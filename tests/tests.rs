@@ -8,10 +8,12 @@
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
 //! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
+//! - `attack`: a stranger writing into REPLICA races replicad; nothing outside REPLICA changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
 mod support;
 
+mod attack;
 mod boundary;
 mod comparer;
 mod once;
