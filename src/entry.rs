@@ -141,10 +141,11 @@ impl Entry {
         Ok(Entry::from_statx(&st))
     }
 
-    /// True if the content of two regular files counts as equal without reading it: the
-    /// same size and the same mtime to the nanosecond.
-    pub fn same_size_and_mtime(&self, other: &Entry) -> bool {
-        self.size == other.size && self.mtime == other.mtime
+    /// True if the content of the source file `self` and the replica file `other` counts
+    /// as equal without reading it: the same size and the same mtime, to the nanosecond
+    /// or as close as REPLICA's filesystem can store it.
+    pub fn same_size_and_mtime(&self, other: &Entry, mtimes: &MtimeStore) -> bool {
+        self.size == other.size && mtimes.stored(self.mtime) == other.mtime
     }
 
     /// Likely sparse: fewer blocks allocated than the size needs.
@@ -152,11 +153,12 @@ impl Entry {
         self.kind == Kind::File && self.blocks.saturating_mul(512) < self.size
     }
 
-    /// Which metadata differ between `self` (the source) and `replica`.
-    pub fn attr_diff(&self, replica: &Entry, owners: bool) -> AttrDiff {
+    /// Which metadata differ between `self` (the source) and `replica`; mtimes compared
+    /// as REPLICA's filesystem can store them.
+    pub fn attr_diff(&self, replica: &Entry, owners: bool, mtimes: &MtimeStore) -> AttrDiff {
         AttrDiff {
             mode: self.kind.has_mode() && self.mode != replica.mode,
-            mtime: self.mtime != replica.mtime,
+            mtime: mtimes.stored(self.mtime) != replica.mtime,
             owner: owners && (self.uid != replica.uid || self.gid != replica.gid),
         }
     }
@@ -169,6 +171,52 @@ impl Entry {
             && self.ctime == before.ctime
             && self.ino == before.ino
             && self.dev == before.dev
+    }
+}
+
+/// What a filesystem keeps of a modification time: its granularity and its range (ext4
+/// with 128-byte inodes: whole seconds, 1901–2038; FAT: 2 s). The kernel truncates and
+/// clamps what it cannot store, so comparing against the stored form is exact where the
+/// filesystem is, and never sees a difference that no copy could remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MtimeStore {
+    /// Granularity in nanoseconds (1 = exact).
+    pub granularity_ns: u64,
+    /// Earliest storable second.
+    pub min_sec: i64,
+    /// Latest storable second.
+    pub max_sec: i64,
+}
+
+impl Default for MtimeStore {
+    fn default() -> Self {
+        MtimeStore { granularity_ns: 1, min_sec: i64::MIN, max_sec: i64::MAX }
+    }
+}
+
+impl MtimeStore {
+    /// True if every time is stored as given.
+    pub fn is_exact(&self) -> bool {
+        *self == MtimeStore::default()
+    }
+
+    /// `t` as this filesystem would store it (the kernel's `timestamp_truncate`).
+    pub fn stored(&self, t: Time) -> Time {
+        if self.is_exact() {
+            return t;
+        }
+        if t.sec <= self.min_sec {
+            return Time { sec: self.min_sec, nsec: 0 };
+        }
+        if t.sec >= self.max_sec {
+            return Time { sec: self.max_sec, nsec: 0 };
+        }
+        let gran = i128::from(self.granularity_ns.max(1));
+        let ns = i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec);
+        let kept = ns - ns.rem_euclid(gran);
+        let sec = kept.div_euclid(1_000_000_000);
+        let nsec = kept.rem_euclid(1_000_000_000);
+        Time { sec: i64::try_from(sec).unwrap_or(t.sec), nsec: u32::try_from(nsec).unwrap_or(0) }
     }
 }
 
@@ -218,9 +266,10 @@ mod tests {
 
     #[test]
     fn content_equality_is_size_and_mtime_to_the_nanosecond() {
-        assert!(file(3, 10, 5).same_size_and_mtime(&file(3, 10, 5)));
-        assert!(!file(3, 10, 5).same_size_and_mtime(&file(3, 10, 6)));
-        assert!(!file(3, 10, 5).same_size_and_mtime(&file(4, 10, 5)));
+        let exact = MtimeStore::default();
+        assert!(file(3, 10, 5).same_size_and_mtime(&file(3, 10, 5), &exact));
+        assert!(!file(3, 10, 5).same_size_and_mtime(&file(3, 10, 6), &exact));
+        assert!(!file(3, 10, 5).same_size_and_mtime(&file(4, 10, 5), &exact));
     }
 
     #[test]
@@ -228,13 +277,39 @@ mod tests {
         let a = file(1, 1, 1);
         let mut b = a.clone();
         b.uid = 7;
-        assert!(a.attr_diff(&b, false).is_empty());
-        assert!(a.attr_diff(&b, true).owner);
+        let exact = MtimeStore::default();
+        assert!(a.attr_diff(&b, false, &exact).is_empty());
+        assert!(a.attr_diff(&b, true, &exact).owner);
         let mut l = a.clone();
         l.kind = Kind::Symlink;
         let mut l2 = l.clone();
         l2.mode = 0o777;
-        assert!(!l.attr_diff(&l2, true).mode);
+        assert!(!l.attr_diff(&l2, true, &exact).mode);
+    }
+
+    #[test]
+    fn mtimes_compare_as_the_replica_can_store_them() {
+        let seconds = MtimeStore {
+            granularity_ns: 1_000_000_000,
+            min_sec: -(1 << 31),
+            max_sec: (1 << 31) - 1,
+        };
+        let t = |sec, nsec| Time { sec, nsec };
+        assert_eq!(seconds.stored(t(10, 999_999_999)), t(10, 0));
+        assert_eq!(seconds.stored(t(-10, 5)), t(-10, 0), "truncation goes towards the past");
+        assert_eq!(seconds.stored(t(32_503_680_000, 7)), t((1 << 31) - 1, 0), "year 3000 clamps");
+        assert_eq!(seconds.stored(t(-5_364_662_400, 7)), t(-(1 << 31), 0), "year 1800 clamps");
+        let two = MtimeStore { granularity_ns: 2_000_000_000, ..MtimeStore::default() };
+        assert_eq!(two.stored(t(11, 5)), t(10, 0));
+        let exact = MtimeStore::default();
+        assert_eq!(exact.stored(t(11, 5)), t(11, 5));
+        let mut src = file(1, 10, 999_999_999);
+        let mut dst = src.clone();
+        dst.mtime = t(10, 0);
+        assert!(src.same_size_and_mtime(&dst, &seconds) && !src.same_size_and_mtime(&dst, &exact));
+        assert!(src.attr_diff(&dst, false, &seconds).is_empty());
+        src.mtime = t(11, 0);
+        assert!(src.attr_diff(&dst, false, &seconds).mtime);
     }
 
     #[test]

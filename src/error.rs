@@ -31,6 +31,8 @@ pub enum Op {
     Remove,
     /// Renaming inside REPLICA.
     Rename,
+    /// Flushing REPLICA's filesystem at the end of a pass (`syncfs`).
+    Sync,
     /// An entry type that cannot be mirrored (socket; device node without CAP_MKNOD).
     Skip,
 }
@@ -48,6 +50,7 @@ impl fmt::Display for Op {
             Op::SetAttrs => "attrs",
             Op::Remove => "remove",
             Op::Rename => "rename",
+            Op::Sync => "sync",
             Op::Skip => "skip",
         })
     }
@@ -121,6 +124,16 @@ impl EntryError {
         match &self.kind {
             EntryErrorKind::Io(e) => e.raw_os_error(),
             _ => None,
+        }
+    }
+
+    /// Stopped by shutdown (a copy, a checksum or a removal noticed the cancellation):
+    /// not an error of the entry.
+    pub fn is_cancelled(&self) -> bool {
+        match &self.kind {
+            EntryErrorKind::Cancelled => true,
+            EntryErrorKind::Io(e) => e.kind() == io::ErrorKind::Interrupted,
+            _ => false,
         }
     }
 
@@ -240,6 +253,9 @@ pub enum GuardTrip {
     /// REPLICA's root cannot be opened (replaced by a file or a symlink, no permission).
     #[error("replica cannot be opened ({0}); nothing written")]
     ReplicaUnusable(String),
+    /// Nothing can be created in REPLICA (a read-only mount, no permission).
+    #[error("replica cannot be written ({0}); nothing done")]
+    ReplicaUnwritable(String),
 }
 
 impl GuardTrip {
@@ -252,7 +268,8 @@ impl GuardTrip {
             | GuardTrip::SourceEmpty => "deletion guard",
             GuardTrip::ReplicaGone(_)
             | GuardTrip::ReplicaDeviceChanged { .. }
-            | GuardTrip::ReplicaUnusable(_) => "replica guard",
+            | GuardTrip::ReplicaUnusable(_)
+            | GuardTrip::ReplicaUnwritable(_) => "replica guard",
         }
     }
 }

@@ -80,11 +80,16 @@ impl Guard {
         entry.kind == Kind::Dir && self.boundaries.binary_search(&(entry.dev, entry.ino)).is_ok()
     }
 
-    /// Opens both roots and applies the guards; logs a trip when it begins and when it ends.
-    /// `in_flight` says which names in REPLICA's root are this process's own temporary
-    /// files (they do not make REPLICA "not empty").
-    pub fn open(&self, in_flight: &dyn Fn(&[u8]) -> bool) -> Result<OpenRoots, GuardTrip> {
-        let result = self.check(in_flight);
+    /// Opens both roots and applies the guards, then `also` (a check the caller adds: that
+    /// REPLICA can be written); logs a trip when it begins and when it ends. `in_flight`
+    /// says which names in REPLICA's root are this process's own temporary files (they do
+    /// not make REPLICA "not empty").
+    pub fn open(
+        &self,
+        in_flight: &dyn Fn(&[u8]) -> bool,
+        also: impl FnOnce(&OpenRoots) -> Result<(), GuardTrip>,
+    ) -> Result<OpenRoots, GuardTrip> {
+        let result = self.check(in_flight).and_then(|roots| also(&roots).map(|()| roots));
         let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
         match (&result, holding.as_ref()) {
             (Err(trip), Some(held)) if discriminant(trip) == discriminant(held) => {

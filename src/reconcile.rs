@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::checksum::Md5Cache;
 use crate::config::{Config, Excludes};
-use crate::entry::{AttrDiff, Entry, Kind};
+use crate::entry::{AttrDiff, Entry, Kind, MtimeStore};
 use crate::error::{EntryError, EntryErrorKind, Fatal, GuardTrip, Op};
 use crate::guard::{Guard, OpenRoots};
 use crate::ops::{self, CopyCaps, CopyOptions, Expect, TempNames};
@@ -60,6 +60,8 @@ pub struct Rules {
     pub owners: bool,
     /// Equal size and mtime must be confirmed by MD5.
     pub checksum: bool,
+    /// What REPLICA's filesystem can store of a modification time.
+    pub mtimes: MtimeStore,
 }
 
 /// Decides what the replica entry needs. `same_link_target` is asked only when both sides
@@ -82,13 +84,15 @@ pub fn decide(
         return Action::Replace;
     }
     match src.kind {
-        Kind::File if !src.same_size_and_mtime(dst) || foreign_content(src, dst, rules) => {
+        Kind::File
+            if !src.same_size_and_mtime(dst, &rules.mtimes) || foreign_content(src, dst, rules) =>
+        {
             Action::Update
         }
         Kind::File if rules.checksum => Action::CompareContent,
         Kind::Symlink if !same_link_target() => Action::Replace,
         Kind::CharDevice | Kind::BlockDevice if src.rdev != dst.rdev => Action::Replace,
-        _ => match src.attr_diff(dst, rules.owners) {
+        _ => match src.attr_diff(dst, rules.owners, &rules.mtimes) {
             diff if diff.is_empty() => Action::Nothing,
             // Another name for the inode may lie outside REPLICA: replace, never change it.
             _ if dst.nlink > 1 => Action::Replace,
@@ -274,12 +278,18 @@ pub struct Engine {
     pool: rayon::ThreadPool,
     opts: EngineOptions,
     rules: Rules,
+    /// What REPLICA's filesystem stores of an mtime, found by the first piece of work
+    /// that passed the guards (a dry run writes nothing, not even a probe: it compares
+    /// exactly).
+    mtimes: OnceLock<MtimeStore>,
+    mtimes_warned: AtomicBool,
     excludes: Excludes,
     temp_names: TempNames,
     caps: CopyCaps,
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
     progress: AtomicU64,
+    flushing: AtomicBool,
     /// Bind-mount boundaries already warned about (one warning each per run).
     boundaries_warned: Mutex<HashSet<RelPath>>,
 }
@@ -307,7 +317,13 @@ impl Engine {
         Ok(Engine {
             guard,
             pool,
-            rules: Rules { owners: config.chown, checksum: config.checksum },
+            rules: Rules {
+                owners: config.chown,
+                checksum: config.checksum,
+                mtimes: MtimeStore::default(),
+            },
+            mtimes: OnceLock::new(),
+            mtimes_warned: AtomicBool::new(false),
             opts,
             excludes,
             temp_names: TempNames::default(),
@@ -315,14 +331,22 @@ impl Engine {
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
+            flushing: AtomicBool::new(false),
             boundaries_warned: Mutex::new(HashSet::new()),
         })
     }
 
-    /// A number that moves while work moves (entries looked at, chunks copied): the service
-    /// feeds systemd's watchdog only while it does, so a stuck pass gets restarted.
+    /// A number that moves while work moves (entries looked at or removed, chunks copied):
+    /// the service feeds systemd's watchdog only while it does, so a stuck pass gets
+    /// restarted.
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
+    }
+
+    /// True while the kernel flushes REPLICA (`syncfs` at the end of a pass): one call that
+    /// moves no counter, yet the pass is not stuck.
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.load(Ordering::Relaxed)
     }
 
     /// The excludes this engine honours (the watcher drops the same paths).
@@ -394,9 +418,47 @@ impl Engine {
         })
     }
 
-    /// Opens both roots anew through the guards (see `guard`).
+    /// Opens both roots anew through the guards (see `guard`). Before the first piece of
+    /// work, REPLICA must take a probe file (a read-only REPLICA is found before anything
+    /// else is tried, and its filesystem's mtime precision with it).
     fn open_roots(&self) -> Result<OpenRoots, GuardTrip> {
-        self.guard.open(&|name| self.temp_names.is_ours(name))
+        let probe = |roots: &OpenRoots| match (&roots.dst, self.opts.dry_run) {
+            (Some(dst), false) if self.mtimes.get().is_none() => {
+                let mtimes = ops::probe_replica(dst.as_fd(), &self.temp_names)
+                    .map_err(|e| GuardTrip::ReplicaUnwritable(e.to_string()))?;
+                let _ = self.mtimes.set(mtimes);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        self.guard.open(&|name| self.temp_names.is_ours(name), probe)
+    }
+
+    /// The decision rules, with REPLICA's mtime precision once it is known.
+    fn rules(&self) -> Rules {
+        Rules { mtimes: self.mtimes.get().copied().unwrap_or_default(), ..self.rules }
+    }
+
+    /// Says once per run that REPLICA cannot store `src`'s mtime exactly (it is compared as
+    /// stored, so this costs no copies; the user should know the replica is not exact).
+    fn note_mtime_precision(&self, rel: &dyn RelSource, src: &Entry) {
+        let mtimes = self.rules().mtimes;
+        if mtimes.is_exact() || mtimes.stored(src.mtime) == src.mtime {
+            return;
+        }
+        if !self.mtimes_warned.swap(true, Ordering::Relaxed) {
+            let range = |sec: i64| match sec {
+                i64::MIN | i64::MAX => "unlimited".to_string(),
+                sec => sec.to_string(),
+            };
+            warn!(
+                path = %rel.rel(),
+                granularity_ns = mtimes.granularity_ns,
+                earliest = %range(mtimes.min_sec),
+                latest = %range(mtimes.max_sec),
+                "the replica's filesystem cannot store this modification time exactly: times are compared as it stores them (like rsync --modify-window), and files are not copied again because of it; said once"
+            );
+        }
     }
 
     // ---------------------------------------------------------------------------------
@@ -417,13 +479,16 @@ impl Engine {
         let job = DirJob { src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
         self.run_work(Work::Dir(job), counters);
         let changed = counters.snapshot().changes() > 0;
-        if changed && !self.opts.dry_run && !self.opts.copy.fsync {
-            let synced = match replica_fs {
-                Some(fd) => fd.and_then(|fd| ops::sync_filesystem(&fd)),
-                None => Ok(()),
-            };
+        // A stop does not wait for the flush (it can take minutes on a slow disk); the
+        // kernel writes the data back on its own, and every file was renamed complete.
+        if changed && !self.opts.dry_run && !self.opts.copy.fsync && !self.cancel.is_cancelled() {
+            self.flushing.store(true, Ordering::Relaxed);
+            let synced =
+                replica_fs.map_or(Ok(()), |fd| fd.and_then(|fd| ops::sync_filesystem(&fd)));
+            self.flushing.store(false, Ordering::Relaxed);
             if let Err(e) = synced {
-                warn!(error = %e, "syncfs of the replica failed");
+                // The copies may not be on disk: not "in sync", whatever else went well.
+                self.record(counters, EntryError::io(Op::Sync, &root, e));
             }
         }
     }
@@ -501,8 +566,9 @@ impl Engine {
         {
             return;
         }
-        if src.is_some() {
+        if let Some(src) = &src {
             Counters::bump(&counters.scanned, 1);
+            self.note_mtime_precision(rel, src);
         }
         let action = self.decide_at(src_dir, Some(dst_dir), &name, src.as_ref(), dst.as_ref());
         let fresh_dir = !matches!(&dst, Some(d) if d.kind == Kind::Dir);
@@ -549,7 +615,7 @@ impl Engine {
         }
         let result = Entry::stat_fd(src_dir).and_then(|src| {
             let dst = Entry::stat_fd(dst_dir)?;
-            let diff = src.attr_diff(&dst, self.rules.owners);
+            let diff = src.attr_diff(&dst, self.rules().owners, &self.rules().mtimes);
             if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_dir, &src, diff) }
         });
         if let Err(e) = result {
@@ -589,7 +655,7 @@ impl Engine {
         };
         let same = src.kind == dst.kind
             && match src.kind {
-                Kind::File => src.same_size_and_mtime(&dst),
+                Kind::File => src.same_size_and_mtime(&dst, &self.rules().mtimes),
                 Kind::Symlink => read_link_pair(&src_to_dir, &to_name, &dst_from_dir, &from_name),
                 _ => true,
             };
@@ -705,21 +771,34 @@ impl Engine {
             self.make_way(dst_parent, name, &rel.rel(), existing, counters)?;
         }
         let exists = dst.is_some_and(|d| d.kind == Kind::Dir);
-        if !exists {
+        let logged_create = || {
             info!(action = %"create", path = %rel.rel(), kind = %"dir");
             Counters::bump(&counters.create, 1);
-        }
+        };
         let Some(dst_parent) = dst_parent.filter(|_| !self.opts.dry_run) else {
             // Dry run: show what is below as if the directory were there and empty.
+            if !exists {
+                logged_create();
+            }
             let dst_fd =
                 if exists { dst_parent.and_then(|p| ops::open_dir_at(p, name).ok()) } else { None };
             return Ok((src_fd, dst_fd, !exists));
         };
+        let mut created = false;
         if !exists {
-            ops::make_dir(dst_parent, name).map_err(|e| fail(Op::Create, e))?;
+            match ops::make_dir(dst_parent, name) {
+                Ok(()) => {
+                    created = true;
+                    logged_create();
+                }
+                // Another piece of work made it a moment ago (events on two children).
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists && is_dir_at(dst_parent, name) => {}
+                Err(e) => return Err(fail(Op::Create, e)),
+            }
         }
         let dst_fd = ops::open_dir_at(dst_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
-        Ok((src_fd, Some(dst_fd), !exists))
+        Ok((src_fd, Some(dst_fd), created))
     }
 
     fn queue_children<'s>(
@@ -743,7 +822,11 @@ impl Engine {
 
         let src_fd = Arc::new(src_fd);
         let mut batch = Vec::new();
-        for name in merge_names(&src_names, &dst_names) {
+        for (i, name) in merge_names(&src_names, &dst_names).enumerate() {
+            // A directory of a million entries must not hold up a stop.
+            if i % 1024 == 1023 && self.cancel.is_cancelled() {
+                break;
+            }
             let Some(item) = self.decide_child(node, &src_fd, name, counters) else {
                 continue;
             };
@@ -790,6 +873,9 @@ impl Engine {
         if self.at_boundary(src.as_ref(), dst.as_ref(), &LazyRel(&rel)) {
             return None;
         }
+        if let Some(src) = &src {
+            self.note_mtime_precision(&LazyRel(&rel), src);
+        }
         let action = self.decide_at(src_fd, node.dst_fd.as_ref(), name, src.as_ref(), dst.as_ref());
         (action != Action::Nothing).then(|| Item { name: name.to_owned(), src, dst, action })
     }
@@ -811,25 +897,23 @@ impl Engine {
         if !node.finalize || self.cancel.is_cancelled() {
             return;
         }
-        let before = node.dst_before.as_ref().filter(|d| d.kind == Kind::Dir);
         // Log only differences that were there before this pass: mtime moves caused by our
         // own changes to the children are repaired silently.
-        if let Some(before) = before {
-            let diff = node.src.attr_diff(before, self.rules.owners);
-            if !diff.is_empty() && !node.created {
-                self.log_attrs(&node.rel(), diff);
-                Counters::bump(&counters.attrs, 1);
+        let before = node.dst_before.as_ref().filter(|d| d.kind == Kind::Dir && !node.created);
+        let to_log =
+            before.map(|b| node.src.attr_diff(b, self.rules().owners, &self.rules().mtimes));
+        if let Some(dst_fd) = node.dst_fd.as_ref().filter(|_| !self.opts.dry_run) {
+            let result = Entry::stat_fd(dst_fd).and_then(|now| {
+                let diff = node.src.attr_diff(&now, self.rules().owners, &self.rules().mtimes);
+                if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_fd, &node.src, diff) }
+            });
+            if let Err(e) = result {
+                return self.record(counters, EntryError::io(Op::SetAttrs, &node.rel(), e));
             }
         }
-        let Some(dst_fd) = node.dst_fd.as_ref().filter(|_| !self.opts.dry_run) else {
-            return;
-        };
-        let result = Entry::stat_fd(dst_fd).and_then(|now| {
-            let diff = node.src.attr_diff(&now, self.rules.owners);
-            if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_fd, &node.src, diff) }
-        });
-        if let Err(e) = result {
-            self.record(counters, EntryError::io(Op::SetAttrs, &node.rel(), e));
+        if let Some(diff) = to_log.filter(|d| !d.is_empty()) {
+            self.log_attrs(&node.rel(), diff);
+            Counters::bump(&counters.attrs, 1);
         }
     }
 
@@ -896,7 +980,7 @@ impl Engine {
         src: Option<&Entry>,
         dst: Option<&Entry>,
     ) -> Action {
-        decide(src, dst, self.rules, || {
+        decide(src, dst, self.rules(), || {
             dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
         })
     }
@@ -971,17 +1055,17 @@ impl Engine {
         dst: &Entry,
         counters: &Counters,
     ) -> Result<(), EntryError> {
-        let diff = src.attr_diff(dst, self.rules.owners);
+        let diff = src.attr_diff(dst, self.rules().owners, &self.rules().mtimes);
         if diff.is_empty() {
             return Ok(());
         }
+        if let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) {
+            ops::set_attrs_at(dir.as_fd(), name, Expect::Same(dst), src, diff)
+                .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
+        }
         self.log_attrs(rel, diff);
         Counters::bump(&counters.attrs, 1);
-        match dst_dir.filter(|_| !self.opts.dry_run) {
-            Some(dir) => ops::set_attrs_at(dir.as_fd(), name, Expect::Same(dst), src, diff)
-                .map_err(|e| EntryError::io(Op::SetAttrs, rel, e)),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Removes the replica entry `name`; a directory goes with everything under it except
@@ -1007,11 +1091,16 @@ impl Engine {
             return Ok(true);
         }
         let excluded = |p: &RelPath, is_dir: bool| self.excludes.matches(p, is_dir);
-        let keep = ops::Keep {
-            entry: self.excludes_any().then_some(&excluded as _),
-            boundary: &|e: &Entry| self.guard.is_boundary(e),
+        let stop = || {
+            self.progress.fetch_add(1, Ordering::Relaxed);
+            self.cancel.is_cancelled()
         };
-        let removed = ops::remove_tree(dir.as_fd(), name, rel, &keep)
+        let rules = ops::Removal {
+            keep: self.excludes_any().then_some(&excluded as _),
+            boundary: &|e: &Entry| self.guard.is_boundary(e),
+            stop: &stop,
+        };
+        let removed = ops::remove_tree(dir.as_fd(), name, rel, &rules)
             .map_err(|e| EntryError::io(Op::Remove, rel, e))?;
         for inner in &removed.boundaries {
             self.record(counters, EntryError::new(Op::Remove, inner, EntryErrorKind::Boundary));
@@ -1218,7 +1307,7 @@ impl Engine {
     }
 
     fn record(&self, counters: &Counters, e: EntryError) {
-        if matches!(e.kind, EntryErrorKind::Cancelled) {
+        if e.is_cancelled() {
             return;
         }
         error!(op = %e.op, path = %e.path, error = %e.kind, "cannot mirror entry");
@@ -1449,6 +1538,11 @@ fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
     fd.try_clone()
 }
 
+/// True if `name` in `dir` is a directory now (never following a link).
+fn is_dir_at(dir: &OwnedFd, name: &CStr) -> bool {
+    matches!(Entry::stat_at(dir, name), Ok(Some(e)) if e.kind == Kind::Dir)
+}
+
 fn read_link_pair(a_dir: &OwnedFd, a: &CStr, b_dir: &OwnedFd, b: &CStr) -> bool {
     match (ops::read_link_at(a_dir, a), ops::read_link_at(b_dir, b)) {
         (Ok(x), Ok(y)) => x == y,
@@ -1494,9 +1588,10 @@ mod tests {
         let link = entry(Kind::Symlink);
         let fifo = entry(Kind::Fifo);
         let dev = with(Kind::CharDevice, |e| e.rdev = 7);
-        let plain = Rules { owners: true, checksum: false };
-        let checksum = Rules { owners: true, checksum: true };
-        let no_owners = Rules { owners: false, checksum: false };
+        let exact = MtimeStore::default();
+        let plain = Rules { owners: true, checksum: false, mtimes: exact };
+        let checksum = Rules { owners: true, checksum: true, mtimes: exact };
+        let no_owners = Rules { owners: false, checksum: false, mtimes: exact };
         let mode_only = AttrDiff { mode: true, mtime: false, owner: false };
         let owner_only = AttrDiff { mode: false, mtime: false, owner: true };
         #[rustfmt::skip]

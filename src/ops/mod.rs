@@ -7,31 +7,42 @@
 
 mod attrs;
 mod copy;
+mod probe;
 mod remove;
 
+use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::warn;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 pub use attrs::{Expect, open_pinned_for_reading, set_attrs_at, set_attrs_fd};
 pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file};
-pub use remove::{Keep, Removed, remove_tree};
+pub use probe::probe_replica;
+pub use remove::{Removal, Removed, remove_tree};
 
 use crate::entry::{AttrDiff, Entry, Kind};
+use crate::relpath::Escaped;
 
 /// Prefix of replicad's temporary names; such names are never mirrored.
 pub const TEMP_PREFIX: &[u8] = b".replicad.tmp.";
 
-/// Hands out unique temporary names `.replicad.tmp.<pid>.<nonce>.<n>` for this process.
-/// The random nonce matters in containers, where every run is PID 1: a crashed run's
-/// leftovers must not look like this run's in-flight copies.
+/// Hands out unique temporary names `.replicad.tmp.<pid>.<nonce>.<n>` for this process and
+/// remembers which are in flight. The random nonce matters in containers, where every run
+/// is PID 1: a crashed run's leftovers must not look like this run's in-flight copies.
 pub struct TempNames {
     prefix: String,
     next: AtomicU64,
+    /// Names handed out and not yet renamed into place or removed: only these are spared
+    /// by passes, so a temporary file this process failed to remove is cleaned up too.
+    in_flight: Mutex<HashSet<CString>>,
 }
 
 impl Default for TempNames {
@@ -40,21 +51,33 @@ impl Default for TempNames {
         // RandomState is seeded randomly per process: a nonce without another dependency.
         let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
         let prefix = format!(".replicad.tmp.{}.{nonce:08x}.", std::process::id());
-        TempNames { prefix, next: AtomicU64::new(0) }
+        TempNames { prefix, next: AtomicU64::new(0), in_flight: Mutex::default() }
     }
 }
 
 impl TempNames {
-    /// A fresh temporary name.
+    /// A fresh temporary name, in flight until [`TempNames::release`].
     pub fn next(&self) -> CString {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         // The prefix and a number contain no NUL byte, so this cannot fail.
-        CString::new(format!("{}{n}", self.prefix)).unwrap_or_default()
+        let name = CString::new(format!("{}{n}", self.prefix)).unwrap_or_default();
+        self.lock().insert(name.clone());
+        name
     }
 
-    /// True if `name` is a temporary name of this very process (an in-flight copy).
+    /// The name is no longer in flight (renamed into place, removed, or given up).
+    pub fn release(&self, name: &CStr) {
+        self.lock().remove(name);
+    }
+
+    /// True if `name` is a temporary name this process has in flight right now.
     pub fn is_ours(&self, name: &[u8]) -> bool {
-        name.starts_with(self.prefix.as_bytes())
+        // The prefix check first: listings call this for every name.
+        name.starts_with(self.prefix.as_bytes()) && self.lock().iter().any(|n| n.to_bytes() == name)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<CString>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -129,18 +152,52 @@ pub fn make_dir(dirfd: impl AsFd, name: &CStr) -> io::Result<()> {
 // Files
 // ---------------------------------------------------------------------------------------
 
-/// A temporary file in REPLICA that is unlinked unless it was renamed into place.
+/// A temporary entry in REPLICA: unlinked on drop unless it was renamed into place.
 pub(crate) struct TempFile<'a> {
-    pub(crate) dir: BorrowedFd<'a>,
-    pub(crate) name: CString,
-    pub(crate) live: bool,
+    dir: BorrowedFd<'a>,
+    name: CString,
+    names: &'a TempNames,
+    live: bool,
+}
+
+impl<'a> TempFile<'a> {
+    /// A fresh name in `dir`; nothing exists under it yet.
+    pub(crate) fn new(dir: BorrowedFd<'a>, names: &'a TempNames) -> TempFile<'a> {
+        TempFile { dir, name: names.next(), names, live: false }
+    }
+
+    pub(crate) fn name(&self) -> &CStr {
+        &self.name
+    }
+
+    /// Something now exists under the name: remove it unless it is renamed into place.
+    pub(crate) fn created(&mut self) {
+        self.live = true;
+    }
+
+    /// Renames the finished entry over `name` in the same directory (atomic).
+    pub(crate) fn rename_into_place(mut self, name: &CStr) -> io::Result<()> {
+        let dir = self.dir;
+        in_writable_dir(dir, || rustix::fs::renameat(dir, &self.name, dir, name))?;
+        self.live = false;
+        Ok(())
+    }
 }
 
 impl Drop for TempFile<'_> {
     fn drop(&mut self) {
         if self.live {
-            let _ = rustix::fs::unlinkat(self.dir, &self.name, AtFlags::empty());
+            match rustix::fs::unlinkat(self.dir, &self.name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => warn!(
+                    name = %Escaped(std::ffi::OsStr::from_bytes(self.name.to_bytes())),
+                    error = %io::Error::from(e),
+                    "cannot remove a temporary file; the next pass removes it"
+                ),
+            }
         }
+        // No longer spared by passes, whether or not the unlink worked.
+        self.names.release(&self.name);
     }
 }
 
@@ -158,13 +215,11 @@ pub fn make_symlink(
     chown: bool,
     temp_names: &TempNames,
 ) -> io::Result<()> {
-    let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
-    in_writable_dir(dirfd, || rustix::fs::symlinkat(target, dirfd, &temp.name))?;
-    temp.live = true;
-    set_attrs_at(dirfd, &temp.name, Expect::Fresh(Kind::Symlink), src, AttrDiff::all(chown))?;
-    rename_into_place(dirfd, &temp.name, name)?;
-    temp.live = false;
-    Ok(())
+    let mut temp = TempFile::new(dirfd, temp_names);
+    in_writable_dir(dirfd, || rustix::fs::symlinkat(target, dirfd, temp.name()))?;
+    temp.created();
+    set_attrs_at(dirfd, temp.name(), Expect::Fresh(Kind::Symlink), src, AttrDiff::all(chown))?;
+    temp.rename_into_place(name)
 }
 
 /// Creates (or atomically replaces a non-directory with) a FIFO or device node like `src`.
@@ -181,14 +236,12 @@ pub fn make_special(
         Kind::BlockDevice => FileType::BlockDevice,
         _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
-    let mut temp = TempFile { dir: dirfd, name: temp_names.next(), live: false };
+    let mut temp = TempFile::new(dirfd, temp_names);
     let mode = Mode::from_raw_mode(0o600);
-    in_writable_dir(dirfd, || rustix::fs::mknodat(dirfd, &temp.name, file_type, mode, src.rdev))?;
-    temp.live = true;
-    set_attrs_at(dirfd, &temp.name, Expect::Fresh(src.kind), src, AttrDiff::all(chown))?;
-    rename_into_place(dirfd, &temp.name, name)?;
-    temp.live = false;
-    Ok(())
+    in_writable_dir(dirfd, || rustix::fs::mknodat(dirfd, temp.name(), file_type, mode, src.rdev))?;
+    temp.created();
+    set_attrs_at(dirfd, temp.name(), Expect::Fresh(src.kind), src, AttrDiff::all(chown))?;
+    temp.rename_into_place(name)
 }
 
 /// The target of the symlink `name` in `dirfd`, raw bytes.
@@ -230,11 +283,6 @@ pub(crate) fn in_writable_dir<T>(
         }
         other => Ok(other?),
     }
-}
-
-/// Renames a finished temporary entry over `name` in the same directory (atomic).
-pub(crate) fn rename_into_place(dir: BorrowedFd<'_>, temp: &CStr, name: &CStr) -> io::Result<()> {
-    in_writable_dir(dir, || rustix::fs::renameat(dir, temp, dir, name))
 }
 
 /// Renames `from` to `to` (possibly across directories of REPLICA), refusing to replace

@@ -20,14 +20,16 @@ use crate::relpath::RelPath;
 /// Says whether the entry at a relative path (a directory or not) must be kept.
 pub type KeepEntry<'a> = &'a dyn Fn(&RelPath, bool) -> bool;
 
-/// What a removal must leave in place.
-pub struct Keep<'a> {
+/// What a removal must leave in place, and when it must stop.
+pub struct Removal<'a> {
     /// Entries to keep, by path relative to the roots and whether they are directories
     /// (excluded entries); `None` keeps nothing and builds no paths.
-    pub entry: Option<KeepEntry<'a>>,
+    pub keep: Option<KeepEntry<'a>>,
     /// Directories never entered: SOURCE, REPLICA, or a directory holding one of them,
     /// met again below REPLICA through a bind mount.
     pub boundary: &'a dyn Fn(&Entry) -> bool,
+    /// Called once per entry (it shows progress); true means shutdown: stop now.
+    pub stop: &'a dyn Fn() -> bool,
 }
 
 /// What a removal did.
@@ -57,26 +59,26 @@ struct Frame {
     keeps: bool,
 }
 
-/// Removes the directory `name` in `dirfd` (at `rel`) and everything under it that `keep`
-/// allows. A directory that holds kept entries is emptied of the rest and kept.
+/// Removes the directory `name` in `dirfd` (at `rel`) and everything under it that `rules`
+/// allow. A directory that holds kept entries is emptied of the rest and kept.
 pub fn remove_tree(
     dirfd: BorrowedFd<'_>,
     name: &CStr,
     rel: &RelPath,
-    keep: &Keep<'_>,
+    rules: &Removal<'_>,
 ) -> io::Result<Removed> {
     let mut done = Removed::default();
-    let Some(mut root) = enter(dirfd, name, rel, keep, &mut done)? else {
+    let Some(mut root) = enter(dirfd, name, rel, rules, &mut done)? else {
         return Ok(done);
     };
-    fill(&mut root, keep, &mut done)?;
+    fill(&mut root, rules, &mut done)?;
     let mut stack = vec![root];
     while let Some(top) = stack.last_mut() {
         if let Some(sub) = top.subdirs.pop() {
             let rel = top.rel.join(OsStr::from_bytes(sub.to_bytes()));
-            match enter(top.fd.as_fd(), &sub, &rel, keep, &mut done)? {
+            match enter(top.fd.as_fd(), &sub, &rel, rules, &mut done)? {
                 Some(mut frame) => {
-                    fill(&mut frame, keep, &mut done)?;
+                    fill(&mut frame, rules, &mut done)?;
                     stack.push(frame);
                 }
                 None => top.keeps = true,
@@ -107,7 +109,7 @@ fn enter(
     parent: BorrowedFd<'_>,
     name: &CStr,
     rel: &RelPath,
-    keep: &Keep<'_>,
+    rules: &Removal<'_>,
     done: &mut Removed,
 ) -> io::Result<Option<Frame>> {
     let fd = match open_dir_at(parent, name) {
@@ -117,7 +119,7 @@ fn enter(
         }
         other => other?,
     };
-    if (keep.boundary)(&Entry::stat_fd(&fd)?) {
+    if (rules.boundary)(&Entry::stat_fd(&fd)?) {
         done.boundaries.push(rel.clone());
         return Ok(None);
     }
@@ -132,8 +134,11 @@ fn enter(
 
 /// Unlinks every non-directory of the frame's directory that is not kept, and notes its
 /// subdirectories (kept ones excepted) for the caller to enter.
-fn fill(frame: &mut Frame, keep: &Keep<'_>, done: &mut Removed) -> io::Result<()> {
+fn fill(frame: &mut Frame, rules: &Removal<'_>, done: &mut Removed) -> io::Result<()> {
     for item in list_dir(&frame.fd)? {
+        if (rules.stop)() {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled by shutdown"));
+        }
         let is_dir = match item.kind_hint {
             FileType::Directory => true,
             FileType::Unknown => {
@@ -141,7 +146,7 @@ fn fill(frame: &mut Frame, keep: &Keep<'_>, done: &mut Removed) -> io::Result<()
             }
             _ => false,
         };
-        if let Some(keep_entry) = keep.entry {
+        if let Some(keep_entry) = rules.keep {
             let rel = frame.rel.join(OsStr::from_bytes(item.name.to_bytes()));
             if keep_entry(&rel, is_dir) {
                 done.kept += 1;
