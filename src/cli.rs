@@ -19,8 +19,9 @@ pub struct Args {
     #[arg(env = "REPLICAD_REPLICA", value_name = "REPLICA")]
     pub replica: PathBuf,
 
-    /// Time between full reconciliation passes (250ms, 30s, 5m, 1h30m, or bare seconds).
-    #[arg(short, long, env = "REPLICAD_INTERVAL", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    /// Time between full reconciliation passes (250ms, 30s, 5m, 1h30m, or bare seconds;
+    /// at least 100ms).
+    #[arg(short, long, env = "REPLICAD_INTERVAL", default_value = "60s", value_parser = parse_interval, value_name = "DURATION")]
     pub interval: Duration,
 
     /// Also write the log to this file (appended, parents created); stderr always gets it.
@@ -106,6 +107,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// The shortest interval between passes: below it passes would run back to back (each
+/// one's summary line, each one's syncfs), which is a busy loop, not a schedule.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A DURATION of at least [`MIN_INTERVAL`].
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let parsed = parse_duration(text)?;
+    if parsed < MIN_INTERVAL {
+        return Err(format!("must be at least {}", humantime::format_duration(MIN_INTERVAL)));
+    }
+    Ok(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +145,10 @@ mod tests {
         }
         for bad in ["0", "0s", "-5s", "abc", "", "5 parsecs"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
+        }
+        assert_eq!(parse_interval("100ms"), Ok(MIN_INTERVAL));
+        for busy in ["1ns", "99ms"] {
+            assert!(parse_interval(busy).is_err(), "{busy} is a busy loop, not an interval");
         }
     }
 }

@@ -97,13 +97,30 @@ impl Config {
     }
 }
 
-/// Opens the log file for appending, creating its parent directories.
+/// Opens the log file for appending, creating its parent directories. Opened without
+/// blocking: a FIFO nobody reads would otherwise hang the start with no word said.
 fn open_log_file(path: &Path) -> Result<File, Fatal> {
+    use std::os::unix::fs::OpenOptionsExt;
     let fail = |source| Fatal::LogFile { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(fail)?;
     }
-    OpenOptions::new().append(true).create(true).open(path).map_err(fail)
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ENXIO) => {
+                fail(std::io::Error::new(e.kind(), "it is a FIFO and nothing is reading it"))
+            }
+            _ => fail(e),
+        })?;
+    // Back to blocking writes (the writer thread may wait; replicad does not).
+    let flags = rustix::fs::fcntl_getfl(&file).map_err(|e| fail(e.into()))?;
+    rustix::fs::fcntl_setfl(&file, flags - rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| fail(e.into()))?;
+    Ok(file)
 }
 
 /// Files replicad writes itself are never mirrored: a log file inside SOURCE would be copied

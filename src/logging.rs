@@ -1,38 +1,105 @@
-//! The tracing subscriber: every line to stderr and, with `--log-file`, to that file too
-//! (appended, through a lossless non-blocking writer whose guard `main` keeps until exit);
+//! The tracing subscriber: every line to stderr and, with `--log-file`, to that file too;
 //! text or JSON. `RUST_LOG`, when set, wins over -v/-q. Knows nothing of the sync logic.
+//!
+//! Both outputs go through non-blocking writers, so no log line can stall a stop or the
+//! main loop. The file's writer is lossless (it is the record; a full disk blocks the
+//! writer thread, never the caller beyond its buffer) and watched for write errors: lines
+//! lost there are reported and make the exit status 1. The console's is lossy: a stalled
+//! reader (a stuck journald, Docker's blocking log mode) loses console lines, counted and
+//! reported, instead of freezing replicad.
 
 use std::fs::File;
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, OnceLock};
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use tracing::{error, warn};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::cli::LogFormat;
 
-/// Keeps the log file's writer thread alive; dropping it flushes the last lines.
-#[must_use = "dropping the guard stops the log file writer"]
+/// Keeps the writer threads alive; dropping it flushes the last lines (waiting about a
+/// second at most for a stalled output).
+#[must_use = "dropping the guard stops the log writers"]
 pub struct LogGuard {
+    console_dropped: ErrorCounter,
+    file_failure: Arc<OnceLock<String>>,
+    _console: WorkerGuard,
     _file: Option<WorkerGuard>,
+}
+
+impl LogGuard {
+    /// Says what was lost (console lines dropped, a log file that failed) and returns
+    /// whether the log file lost lines, which `main` turns into a failing exit status.
+    pub fn report_losses(&self) -> bool {
+        let dropped = self.console_dropped.dropped_lines();
+        if dropped > 0 {
+            warn!(dropped, "stderr was not being read: console lines were dropped");
+        }
+        match self.file_failure.get() {
+            Some(e) => {
+                error!(error = %e, "the log file could not be written: lines were lost");
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Installs the global subscriber (the log file was opened by `config`).
 pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuard {
-    let mut layers: Vec<BoxedLayer> =
-        vec![layer(format, std::io::stderr, std::io::stderr().is_terminal())];
-    let mut guard = None;
+    let ansi = std::io::stderr().is_terminal();
+    let (console, console_guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("replicad-stderr")
+        .finish(std::io::stderr());
+    let console_dropped = console.error_counter();
+    let mut layers: Vec<BoxedLayer> = vec![layer(format, console, ansi)];
+    let file_failure = Arc::new(OnceLock::new());
+    let mut file_guard = None;
     if let Some(file) = log_file {
-        let (writer, g) = NonBlockingBuilder::default().lossy(false).finish(file);
+        let watched = Watched { inner: file, failure: file_failure.clone() };
+        let (writer, guard) = NonBlockingBuilder::default()
+            .lossy(false)
+            .thread_name("replicad-log-file")
+            .finish(watched);
         layers.push(layer(format, writer, false));
-        guard = Some(g);
+        file_guard = Some(guard);
     }
     // try_init: tests may install a subscriber more than once in one process.
     let _ = tracing_subscriber::registry().with(layers).with(filter(verbosity)).try_init();
-    LogGuard { _file: guard }
+    LogGuard { console_dropped, file_failure, _console: console_guard, _file: file_guard }
+}
+
+/// A writer that remembers its first error (the appender's thread ignores them).
+struct Watched<W> {
+    inner: W,
+    failure: Arc<OnceLock<String>>,
+}
+
+impl<W> Watched<W> {
+    fn note<T>(&self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            let _ = self.failure.set(e.to_string());
+        }
+        result
+    }
+}
+
+impl<W: Write> Write for Watched<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.note(result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.inner.flush();
+        self.note(result)
+    }
 }
 
 fn filter(verbosity: i8) -> EnvFilter {

@@ -19,7 +19,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let _log_guard = logging::init(config.log_format, config.verbosity, config.log_file.take());
-    // The guard is dropped after `run` returns, so the last log lines reach the file.
-    ExitCode::from(service::run_main(config))
+    let log = logging::init(config.log_format, config.verbosity, config.log_file.take());
+    let status = service::run_main(config);
+    // Lines lost in the log file mean the run did not do all it promised.
+    let lost = log.report_losses();
+    // Dropping the guard flushes the last lines (bounded if an output is stalled).
+    drop(log);
+    ExitCode::from(if lost && status == 0 { 1 } else { status })
 }

@@ -174,11 +174,13 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// The `--once` exit status: 0 in sync, 23 when some entries failed, 1 when the
-    /// deletion guard refused the pass.
+    /// The `--once` exit status: 0 in sync, 23 when some entries failed, 1 when a guard
+    /// refused the pass, 20 when SIGINT/SIGTERM stopped it (rsync's code for that).
     pub fn exit_status(&self) -> u8 {
-        if self.guard.is_some() || self.cancelled {
+        if self.guard.is_some() {
             1
+        } else if self.cancelled {
+            20
         } else if self.counts.errors > 0 {
             23
         } else {
@@ -1646,6 +1648,8 @@ mod tests {
         assert_eq!(report.exit_status(), 0);
         report.counts.errors = 1;
         assert_eq!(report.exit_status(), 23);
+        report.cancelled = true;
+        assert_eq!(report.exit_status(), 20);
         report.guard = Some(GuardTrip::SourceEmpty);
         assert_eq!(report.exit_status(), 1);
     }

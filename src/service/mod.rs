@@ -1,13 +1,18 @@
 //! Runs replicad: one pass (`--once`), or the long-lived service. The only module that
 //! spawns tasks or knows about signals and systemd. Everything it runs is the engine's
-//! reconcile, driven by the interval and by the watcher's hints through the queue.
+//! reconcile, driven by the interval and by the watcher's hints through the queue. Every
+//! wait here also hears the one cancellation token, and a stop waits for in-flight work
+//! only a bounded time.
+
+mod signals;
+mod systemd;
+mod watcher;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::process::{Resource, getrlimit, setrlimit};
 use sd_notify::NotifyState;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, RwLock, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -15,12 +20,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::entry::Entry;
-use crate::guard::open_dir_nofollow;
-use crate::queue::{self, Hint, Outcome, Work};
+use crate::error::GuardTrip;
+use crate::queue::{self, Outcome, Work};
 use crate::reconcile::{Engine, PassReport};
-use crate::relpath::{Escaped, RelPath};
-use crate::watch::{Excluder, Watch};
+use crate::relpath::Escaped;
+use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
+use watcher::Watcher;
 
 /// How often SOURCE is looked at again while the deletion guard holds (SPEC §4: "every few
 /// seconds, not only each interval").
@@ -28,9 +33,6 @@ const GUARD_RECHECK: Duration = Duration::from_secs(3);
 
 /// First delay when full-pass requests keep following passes that found nothing.
 const OVERFLOW_BACKOFF_MIN: Duration = Duration::from_secs(5);
-
-/// How long shutdown waits for in-flight work (copies check cancellation between chunks).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Hints buffered between the watcher thread and the queue; when full, one full pass.
 const HINT_CHANNEL: usize = 8192;
@@ -47,9 +49,8 @@ pub fn run_main(config: Config) -> u8 {
             return 1;
         }
     };
-    if config.once {
-        return run_once(&engine, config.dry_run);
-    }
+    // The filesystem work runs on the engine's own pool; tokio's blocking threads only
+    // wait for it (one per piece of event work, plus the pass and the watcher's walk).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(config.jobs + 4)
@@ -62,30 +63,60 @@ pub fn run_main(config: Config) -> u8 {
             return 1;
         }
     };
-    let status = runtime.block_on(serve(config, engine, cancel));
+    let status = match config.once {
+        true => runtime.block_on(once(engine, config.dry_run, cancel)),
+        false => runtime.block_on(serve(config, engine, cancel)),
+    };
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     status
 }
 
-/// One full pass; the status says whether REPLICA now matches SOURCE.
-pub fn run_once(engine: &Engine, dry_run: bool) -> u8 {
-    let span = dry_run.then(|| tracing::info_span!("dry_run").entered());
-    let report = engine.full_pass();
-    log_pass(&report, dry_run);
-    drop(span);
-    report.exit_status()
+/// One full pass, stoppable by SIGINT/SIGTERM like the service (no temporary file is left
+/// behind); the status says whether REPLICA now matches SOURCE.
+async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> u8 {
+    let signals = match signals::listen(cancel) {
+        Ok(task) => task,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
+    let pass = tokio::task::spawn_blocking(move || {
+        let _span = dry_run.then(|| tracing::info_span!("dry_run").entered());
+        let report = engine.full_pass();
+        log_pass(&report, dry_run);
+        report
+    });
+    let status = match pass.await {
+        Ok(report) => report.exit_status(),
+        Err(_) => {
+            error!("the pass panicked");
+            1
+        }
+    };
+    signals.abort();
+    status
 }
 
-/// The pass summary; a pass a guard stopped has none (the guard logged when it tripped).
+/// The pass summary; a pass a guard stopped has none (the guard logged when it tripped),
+/// and one that shutdown interrupted says so instead of claiming to be complete.
 fn log_pass(report: &PassReport, dry_run: bool) {
-    if report.guard.is_none() {
+    if report.cancelled {
+        let c = &report.counts;
+        info!(
+            duration = ?report.duration,
+            changes = c.changes(),
+            errors = c.errors,
+            "pass interrupted by shutdown: REPLICA holds no partial file, but is not complete"
+        );
+    } else if report.guard.is_none() {
         report.log_summary(dry_run);
     }
 }
 
 /// The service: signals, watcher, queue, then passes every interval until cancelled.
 pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToken) -> u8 {
-    let signals = match listen_for_signals(cancel.clone()) {
+    let signals = match signals::listen(cancel.clone()) {
         Ok(task) => task,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -101,68 +132,21 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
 
     // The watcher starts before the first pass, so nothing changed during it is missed.
     let mut watcher = Watcher::new(&config, hints_tx, full_pass.clone());
-    watcher.start();
-
-    let work = work_fn(engine.clone(), exclusive.clone());
-    tracker.spawn(queue::run_queue(hints_rx, config.jobs, full_pass.clone(), work, cancel.clone()));
-
-    let mut ticks = tokio::time::interval(config.interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    ticks.tick().await; // the first tick is immediate: the first pass starts now
-    let mut first = true;
     let mut status = 0;
-    let mut previous_wake = Wake::Interval;
-    let mut backoff = Duration::ZERO;
-    loop {
-        let report = match full_pass_guarded(&engine, &exclusive, &cancel, watchdog).await {
-            PassRun::Done(report) => report,
-            PassRun::Stopped => break,
-            PassRun::Panicked => {
-                // A bug, not a state to limp on in: exit 1 so systemd restarts us.
-                error!("a full pass panicked; stopping so the service manager can restart");
-                status = 1;
-                break;
-            }
-        };
-        log_pass(&report, false);
-        if first {
-            notify_systemd(&[NotifyState::Ready]);
-            first = false;
-        }
-        notify_systemd(&[NotifyState::Status(&status_line(&report))]);
-        if report.duration > config.interval {
-            warn!(
-                duration = ?report.duration,
-                interval = ?config.interval,
-                "the pass took longer than the interval; the next one starts right away"
-            );
-        }
-        watcher.rearm_if_source_replaced();
-        let guard_held = report.guard.is_some();
-        let wake = wait_for_next_pass(&mut ticks, &full_pass, &cancel, guard_held, watchdog).await;
-        match wake {
-            Wake::Stop => break,
-            Wake::Requested if previous_wake == Wake::Requested && report.counts.changes() == 0 => {
-                backoff = (backoff * 2).clamp(OVERFLOW_BACKOFF_MIN, config.interval);
-                info!(
-                    delay = ?backoff,
-                    "full pass requested again right after one that found nothing: on a tree \
-                     this large the pass's own directory reads can overflow inotify's event \
-                     queue (fs.inotify.max_queued_events); waiting before the next one"
-                );
-                if !pause(backoff, &cancel).await {
-                    break;
-                }
-            }
-            Wake::Requested => {}
-            Wake::Interval | Wake::Recheck => backoff = Duration::ZERO,
-        }
-        previous_wake = wake;
+    if watcher.start(&cancel).await {
+        let work = work_fn(engine.clone(), exclusive.clone());
+        tracker.spawn(queue::run_queue(
+            hints_rx,
+            config.jobs,
+            full_pass.clone(),
+            work,
+            cancel.clone(),
+        ));
+        status = pass_loop(&config, &engine, &exclusive, &full_pass, &mut watcher, &cancel).await;
     }
 
     info!("stopping: waiting for in-flight work");
-    notify_systemd(&[NotifyState::Stopping]);
+    notify(&[NotifyState::Stopping]);
     cancel.cancel();
     tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
@@ -174,6 +158,85 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     status
 }
 
+/// Full passes: the first, then one per interval, per request, or per guard re-check,
+/// until a stop; returns the exit status.
+async fn pass_loop(
+    config: &Config,
+    engine: &Arc<Engine>,
+    exclusive: &Arc<RwLock<()>>,
+    full_pass: &Notify,
+    watcher: &mut Watcher,
+    cancel: &CancellationToken,
+) -> u8 {
+    let mut ticks = tokio::time::interval(config.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate: the first pass starts now
+    let mut watchdog = Watchdog::new(engine);
+    let mut first = true;
+    let mut overrunning = false;
+    let mut previous_wake = Wake::Interval;
+    let mut backoff = Duration::ZERO;
+    loop {
+        let report = match full_pass_guarded(engine, exclusive, cancel, &mut watchdog).await {
+            PassRun::Done(report) => report,
+            PassRun::Stopped => return 0,
+            PassRun::Panicked => {
+                // A bug, not a state to limp on in: exit 1 so systemd restarts us.
+                error!("a full pass panicked; stopping so the service manager can restart");
+                return 1;
+            }
+        };
+        log_pass(&report, false);
+        if report.cancelled || cancel.is_cancelled() {
+            return 0;
+        }
+        if let Some(GuardTrip::ReplicaUnwritable(_)) = &report.guard {
+            // Nothing can be written: this is not a service that will catch up by itself.
+            error!("stopping: the replica cannot be written (see above)");
+            return 1;
+        }
+        if first {
+            notify(&[NotifyState::Ready]);
+            first = false;
+        }
+        notify(&[NotifyState::Status(&status_line(&report))]);
+        let overran = report.duration > config.interval;
+        if overran && !overrunning {
+            warn!(
+                duration = ?report.duration,
+                interval = ?config.interval,
+                "the pass took longer than the interval; the next ones start right away (said once until a pass fits again)"
+            );
+        }
+        overrunning = overran;
+        if !watcher.rearm_if_source_replaced(cancel).await {
+            return 0;
+        }
+        let guard_held = report.guard.is_some();
+        let wake =
+            wait_for_next_pass(&mut ticks, full_pass, cancel, guard_held, &mut watchdog).await;
+        match wake {
+            Wake::Stop => return 0,
+            Wake::Requested if previous_wake == Wake::Requested && report.counts.changes() == 0 => {
+                // max then min: never panics, whatever the interval (clamp would below 5 s).
+                backoff = (backoff * 2).max(OVERFLOW_BACKOFF_MIN).min(config.interval);
+                info!(
+                    delay = ?backoff,
+                    "full pass requested again right after one that found nothing: on a tree \
+                     this large the pass's own directory reads can overflow inotify's event \
+                     queue (fs.inotify.max_queued_events); waiting before the next one"
+                );
+                if !pause(backoff, cancel).await {
+                    return 0;
+                }
+            }
+            Wake::Requested => {}
+            Wake::Interval | Wake::Recheck => backoff = Duration::ZERO,
+        }
+        previous_wake = wake;
+    }
+}
+
 /// How a full pass ended.
 enum PassRun {
     Done(PassReport),
@@ -181,17 +244,21 @@ enum PassRun {
     Panicked,
 }
 
-/// Runs one full pass on the blocking pool, feeding the systemd watchdog only while the
-/// pass makes progress (a stuck pass must not look healthy).
+/// Runs one full pass on the blocking pool. The watchdog is fed only while work moves
+/// (event work the pass waits for, then the pass itself). After a stop request the pass
+/// gets [`SHUTDOWN_GRACE`] to notice it, then is left behind.
 async fn full_pass_guarded(
     engine: &Arc<Engine>,
     exclusive: &Arc<RwLock<()>>,
     cancel: &CancellationToken,
-    watchdog: Option<Duration>,
+    watchdog: &mut Watchdog,
 ) -> PassRun {
-    let lock = tokio::select! {
-        () = cancel.cancelled() => return PassRun::Stopped,
-        lock = exclusive.clone().write_owned() => lock,
+    let lock = loop {
+        tokio::select! {
+            () = cancel.cancelled() => return PassRun::Stopped,
+            lock = exclusive.clone().write_owned() => break lock,
+            _ = watchdog.tick() => watchdog.feed_if_moving(engine),
+        }
     };
     let worker = engine.clone();
     let mut pass = tokio::task::spawn_blocking(move || {
@@ -199,20 +266,23 @@ async fn full_pass_guarded(
         drop(lock);
         report
     });
-    let mut pings = watchdog.map(tokio::time::interval);
-    let mut seen = engine.progress();
+    let grace = tokio::time::sleep(Duration::MAX / 4);
+    tokio::pin!(grace);
+    let mut stopping = false;
     loop {
         tokio::select! {
             joined = &mut pass => return match joined {
                 Ok(report) => PassRun::Done(report),
                 Err(_) => PassRun::Panicked,
             },
-            _ = tick_opt(&mut pings) => {
-                let now = engine.progress();
-                if now != seen {
-                    notify_systemd(&[NotifyState::Watchdog]);
-                }
-                seen = now;
+            _ = watchdog.tick() => watchdog.feed_if_moving(engine),
+            () = cancel.cancelled(), if !stopping => {
+                stopping = true;
+                grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
+            }
+            () = &mut grace, if stopping => {
+                warn!("the pass did not stop within {SHUTDOWN_GRACE:?} (a blocking call such as a flush); leaving it behind");
+                return PassRun::Stopped;
             }
         }
     }
@@ -227,7 +297,7 @@ enum Wake {
     Interval,
     /// A full pass was requested (queue overflow, lost events, watch error).
     Requested,
-    /// The deletion guard holds: look at SOURCE again.
+    /// A guard holds: look at the roots again.
     Recheck,
 }
 
@@ -240,17 +310,17 @@ async fn pause(delay: Duration, cancel: &CancellationToken) -> bool {
 }
 
 /// Waits for the next reason to run a pass: the interval, a full-pass request (overflow,
-/// lost events), or — while the deletion guard holds — a short re-check timer.
+/// lost events), or — while a guard holds — a short re-check timer. The main loop is idle
+/// and responsive here, so the watchdog is fed.
 async fn wait_for_next_pass(
     ticks: &mut tokio::time::Interval,
     full_pass: &Notify,
     cancel: &CancellationToken,
     guard_held: bool,
-    watchdog: Option<Duration>,
+    watchdog: &mut Watchdog,
 ) -> Wake {
     let recheck = tokio::time::sleep(if guard_held { GUARD_RECHECK } else { Duration::MAX / 4 });
     tokio::pin!(recheck);
-    let mut pings = watchdog.map(tokio::time::interval);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Wake::Stop,
@@ -260,19 +330,13 @@ async fn wait_for_next_pass(
                 return Wake::Requested;
             }
             () = &mut recheck => return Wake::Recheck,
-            _ = tick_opt(&mut pings) => notify_systemd(&[NotifyState::Watchdog]),
+            _ = watchdog.tick() => watchdog.feed(),
         }
     }
 }
 
-async fn tick_opt(interval: &mut Option<tokio::time::Interval>) -> Instant {
-    match interval {
-        Some(i) => i.tick().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// What the queue runs for each piece of work: the engine on the blocking pool.
+/// What the queue runs for each piece of work: the engine, waited for on the blocking
+/// pool (the work itself runs on the engine's pool).
 fn work_fn(
     engine: Arc<Engine>,
     exclusive: Arc<RwLock<()>>,
@@ -308,118 +372,6 @@ fn outcome_of(report: &PassReport) -> Outcome {
     } else {
         Outcome::Success
     }
-}
-
-/// The watcher and what it needs to be started again when SOURCE is replaced (renamed
-/// away and back, remounted): inotify watches follow inodes, not paths.
-struct Watcher {
-    enabled: bool,
-    source: std::path::PathBuf,
-    debounce: Duration,
-    hints: mpsc::Sender<Hint>,
-    full_pass: Arc<Notify>,
-    excluded: Excluder,
-    watching: Option<(Watch, (u64, u64))>,
-}
-
-impl Watcher {
-    fn new(config: &Config, hints: mpsc::Sender<Hint>, full_pass: Arc<Notify>) -> Watcher {
-        let excludes = config.excludes.clone();
-        let excluded: Excluder =
-            Arc::new(move |p: &RelPath, is_dir| excludes.matches_path_or_parent(p, is_dir));
-        Watcher {
-            enabled: config.watch,
-            source: config.source.clone(),
-            debounce: config.debounce,
-            hints,
-            full_pass,
-            excluded,
-            watching: None,
-        }
-    }
-
-    /// SOURCE's identity now, reached without following a symlink (a symlink put in its
-    /// place is never watched: the guard refuses it).
-    fn source_id(&self) -> Option<(u64, u64)> {
-        let entry = open_dir_nofollow(&self.source).and_then(|fd| Entry::stat_fd(&fd)).ok()?;
-        Some((entry.dev, entry.ino))
-    }
-
-    fn start(&mut self) {
-        if !self.enabled {
-            return;
-        }
-        let Some(id) = self.source_id() else { return };
-        let started = Watch::start(
-            &self.source,
-            self.debounce,
-            self.hints.clone(),
-            self.full_pass.clone(),
-            self.excluded.clone(),
-        );
-        match started {
-            Ok(watch) => {
-                if let Some(problem) = watch.degraded() {
-                    warn!("{problem}; changes there are picked up by the periodic pass");
-                }
-                self.watching = Some((watch, id));
-            }
-            Err(e) => warn!("{e}; running on periodic passes only"),
-        }
-    }
-
-    fn rearm_if_source_replaced(&mut self) {
-        let now = self.source_id();
-        let watched = self.watching.as_ref().map(|(_, id)| *id);
-        if self.enabled && now.is_some() && now != watched {
-            if watched.is_some() {
-                info!(source = %Escaped::path(&self.source), "source was replaced: watching it again");
-            }
-            self.watching = None;
-            self.start();
-        }
-    }
-}
-
-/// First SIGINT/SIGTERM: cancel (graceful stop). Second: exit at once.
-fn listen_for_signals(cancel: CancellationToken) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!("{name} received: stopping (send it again to exit at once)");
-        cancel.cancel();
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        warn!("second signal: exiting now");
-        std::process::exit(1);
-    }))
-}
-
-fn status_line(report: &PassReport) -> String {
-    match &report.guard {
-        Some(trip) => format!("{} holds: {trip}", trip.guard_name()),
-        None => {
-            let c = &report.counts;
-            format!(
-                "last pass: {} entries in {:.1?}, {} changes, {} errors",
-                c.scanned,
-                report.duration,
-                c.changes(),
-                c.errors
-            )
-        }
-    }
-}
-
-fn notify_systemd(state: &[NotifyState]) {
-    // A no-op without NOTIFY_SOCKET; a failure to reach systemd is not worth stopping for.
-    let _ = sd_notify::notify(state);
 }
 
 fn log_start(config: &Config) {

@@ -1,0 +1,99 @@
+//! The watcher as the service holds it: started (and, when SOURCE is replaced, started
+//! again: inotify watches follow inodes, not paths) on the blocking pool, since its first
+//! recursive walk of a large SOURCE takes seconds, and abandoned if a stop comes first.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::entry::Entry;
+use crate::guard::open_dir_nofollow;
+use crate::queue::Hint;
+use crate::relpath::{Escaped, RelPath};
+use crate::watch::{Excluder, Watch};
+
+/// The watch, and what it needs to be started again.
+pub struct Watcher {
+    enabled: bool,
+    source: PathBuf,
+    debounce: Duration,
+    hints: mpsc::Sender<Hint>,
+    full_pass: Arc<Notify>,
+    excluded: Excluder,
+    watching: Option<(Watch, (u64, u64))>,
+}
+
+impl Watcher {
+    /// A watcher for `config`'s SOURCE, not started yet.
+    pub fn new(config: &Config, hints: mpsc::Sender<Hint>, full_pass: Arc<Notify>) -> Watcher {
+        let excludes = config.excludes.clone();
+        let excluded: Excluder =
+            Arc::new(move |p: &RelPath, is_dir| excludes.matches_path_or_parent(p, is_dir));
+        Watcher {
+            enabled: config.watch,
+            source: config.source.clone(),
+            debounce: config.debounce,
+            hints,
+            full_pass,
+            excluded,
+            watching: None,
+        }
+    }
+
+    /// SOURCE's identity now, reached without following a symlink (a symlink put in its
+    /// place is never watched: the guard refuses it).
+    fn source_id(&self) -> Option<(u64, u64)> {
+        let entry = open_dir_nofollow(&self.source).and_then(|fd| Entry::stat_fd(&fd)).ok()?;
+        Some((entry.dev, entry.ino))
+    }
+
+    /// Starts watching (a no-op with `--no-watch`); false if `cancel` fired first.
+    pub async fn start(&mut self, cancel: &CancellationToken) -> bool {
+        if !self.enabled {
+            return true;
+        }
+        let Some(id) = self.source_id() else { return true };
+        let (source, debounce) = (self.source.clone(), self.debounce);
+        let (hints, full_pass, excluded) =
+            (self.hints.clone(), self.full_pass.clone(), self.excluded.clone());
+        let walk = tokio::task::spawn_blocking(move || {
+            Watch::start(&source, debounce, hints, full_pass, excluded)
+        });
+        let started = tokio::select! {
+            // The walk goes on in its thread; the process is on its way out.
+            () = cancel.cancelled() => return false,
+            joined = walk => joined,
+        };
+        match started {
+            Ok(Ok(watch)) => {
+                if let Some(problem) = watch.degraded() {
+                    warn!("{problem}; changes there are picked up by the periodic pass");
+                }
+                self.watching = Some((watch, id));
+            }
+            Ok(Err(e)) => warn!("{e}; running on periodic passes only"),
+            Err(e) => warn!("the watcher could not start ({e}); running on periodic passes only"),
+        }
+        true
+    }
+
+    /// Watches SOURCE again if it is another directory than the one watched (renamed away
+    /// and back, remounted); false if `cancel` fired first.
+    pub async fn rearm_if_source_replaced(&mut self, cancel: &CancellationToken) -> bool {
+        let now = self.source_id();
+        let watched = self.watching.as_ref().map(|(_, id)| *id);
+        if !self.enabled || now.is_none() || now == watched {
+            return true;
+        }
+        if watched.is_some() {
+            info!(source = %Escaped::path(&self.source), "source was replaced: watching it again");
+        }
+        self.watching = None;
+        self.start(cancel).await
+    }
+}
