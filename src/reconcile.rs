@@ -496,8 +496,11 @@ impl Engine {
     }
 
     /// Opens the directories down to `rel`'s parent on both sides, then reconciles `rel`.
-    /// Where a side lacks a directory on the way, the first missing component is
-    /// reconciled (recursively) instead: that creates or removes what the event implied.
+    /// A piece of event work changes nothing above its own path but for creating missing
+    /// directories on the way (idempotent: a sibling's work may do the same at once). Where
+    /// SOURCE lacks a directory on the way, `rel` went with it and that directory's own
+    /// event removes it from REPLICA; where REPLICA has something else than a directory
+    /// there, that directory's own event replaces it. Two works never touch one path.
     fn reconcile_below_root(
         &self,
         roots: &OpenRoots,
@@ -522,26 +525,76 @@ impl Engine {
             }
         };
         let mut here = RelPath::root();
+        let mut made = Vec::new();
         let names: Vec<&OsStr> = rel.names().collect();
         for (i, name) in names.iter().enumerate() {
             let child = here.join(name);
-            let last = i + 1 == names.len();
-            if last {
-                return self.reconcile_one(&src_fd, &dst_fd, &here, &child, recursive, counters);
+            if i + 1 == names.len() {
+                self.reconcile_one(&src_fd, &dst_fd, &here, &child, recursive, counters);
+                break;
             }
             let cname = c_name(name);
-            match (ops::open_dir_at(&src_fd, &cname), ops::open_dir_at(&dst_fd, &cname)) {
-                (Ok(s), Ok(d)) => {
-                    let ids = (Entry::stat_fd(&s), Entry::stat_fd(&d));
-                    let (Ok(src_dir), Ok(dst_dir)) = ids else { return };
-                    if self.at_boundary(Some(&src_dir), Some(&dst_dir), &child) {
-                        return;
+            let Ok(src_dir) = ops::open_dir_at(&src_fd, &cname) else { return };
+            let (dst_dir, created) = match ops::open_dir_at(&dst_fd, &cname) {
+                Ok(d) => (d, false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match self.make_dir_on_the_way(&dst_fd, &cname, &child, counters) {
+                        Some(made) => made,
+                        None => return,
                     }
-                    src_fd = s;
-                    dst_fd = d;
-                    here = child;
                 }
-                _ => return self.reconcile_one(&src_fd, &dst_fd, &here, &child, true, counters),
+                Err(_) => return,
+            };
+            let ids = (Entry::stat_fd(&src_dir), Entry::stat_fd(&dst_dir));
+            let (Ok(src_entry), Ok(dst_entry)) = ids else { return };
+            if self.at_boundary(Some(&src_entry), Some(&dst_entry), &child) {
+                return;
+            }
+            if created {
+                match (dup(&src_dir), dup(&dst_dir)) {
+                    (Ok(s), Ok(d)) => made.push((s, d, child.clone())),
+                    (Err(e), _) | (_, Err(e)) => {
+                        return self.record(counters, EntryError::io(Op::OpenDir, &child, e));
+                    }
+                }
+            }
+            src_fd = src_dir;
+            dst_fd = dst_dir;
+            here = child;
+        }
+        // Directories made on the way take SOURCE's attributes once their child is in.
+        for (src_dir, dst_dir, dir_rel) in made.iter().rev() {
+            self.fix_dir_attrs(src_dir, dst_dir, dir_rel, counters);
+        }
+    }
+
+    /// Creates a directory missing on the way to an event's path; `(descriptor, created)`,
+    /// or `None` (recorded) when it cannot be made. A sibling's work that made it a moment
+    /// earlier is fine.
+    fn make_dir_on_the_way(
+        &self,
+        parent: &OwnedFd,
+        name: &CStr,
+        rel: &RelPath,
+        counters: &Counters,
+    ) -> Option<(OwnedFd, bool)> {
+        let created = match ops::make_dir(parent, name) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_dir_at(parent, name) => false,
+            Err(e) => {
+                self.record(counters, EntryError::io(Op::Create, rel, e));
+                return None;
+            }
+        };
+        if created {
+            info!(action = %"create", path = %rel, kind = %"dir");
+            Counters::bump(&counters.create, 1);
+        }
+        match ops::open_dir_at(parent, name) {
+            Ok(fd) => Some((fd, created)),
+            Err(e) => {
+                self.record(counters, EntryError::io(Op::OpenDir, rel, e));
+                None
             }
         }
     }
