@@ -5,6 +5,7 @@
 //! - `support`: the oracle (strict tree comparer), tree builder, binary runner, waiting.
 //! - `boundary`: never touch what is not ours — bind mounts, unmounts, planted links.
 //! - `comparer`: proves the oracle catches every kind of difference.
+//! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
 //! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
@@ -16,6 +17,7 @@ mod support;
 mod attack;
 mod boundary;
 mod comparer;
+mod faults;
 mod once;
 mod prop;
 mod service;

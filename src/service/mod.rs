@@ -218,8 +218,7 @@ async fn pass_loop(
         match wake {
             Wake::Stop => return 0,
             Wake::Requested if previous_wake == Wake::Requested && report.counts.changes() == 0 => {
-                // max then min: never panics, whatever the interval (clamp would below 5 s).
-                backoff = (backoff * 2).max(OVERFLOW_BACKOFF_MIN).min(config.interval);
+                backoff = next_backoff(backoff, config.interval);
                 info!(
                     delay = ?backoff,
                     "full pass requested again right after one that found nothing: on a tree \
@@ -235,6 +234,13 @@ async fn pass_loop(
         }
         previous_wake = wake;
     }
+}
+
+/// The wait before a full pass requested right after one that found nothing: 5 s,
+/// doubling, never more than the interval. Max then min, so no interval can make it panic
+/// (`clamp(5 s, interval)` did, below 5 s).
+fn next_backoff(previous: Duration, interval: Duration) -> Duration {
+    (previous * 2).max(OVERFLOW_BACKOFF_MIN).min(interval)
 }
 
 /// How a full pass ended.
@@ -396,5 +402,21 @@ fn raise_fd_limit() {
     {
         let raised = rustix::process::Rlimit { current: Some(max), maximum: Some(max) };
         let _ = setrlimit(Resource::Nofile, raised);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_interval_even_below_its_minimum() {
+        let s = Duration::from_secs;
+        assert_eq!(next_backoff(Duration::ZERO, s(60)), s(5));
+        assert_eq!(next_backoff(s(5), s(60)), s(10));
+        assert_eq!(next_backoff(s(40), s(60)), s(60));
+        // See: issue "Trust (2/3)" item 2 — an interval under 5 s panicked here.
+        assert_eq!(next_backoff(Duration::ZERO, s(1)), s(1));
+        assert_eq!(next_backoff(s(1), Duration::from_millis(100)), Duration::from_millis(100));
     }
 }

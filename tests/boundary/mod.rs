@@ -10,20 +10,17 @@
 //! as the whole suite does (README): where the namespace cannot be made they fail, naming
 //! why, rather than pass having proved nothing.
 
-use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
 
-use crate::support::{
-    CompareOptions, NOBODY, PASS_COMPLETE, Run, Service, Tree, assert_same, assert_same_with,
-    assert_unchanged, bin, compare, has_action, set_mtime, snapshot, wait_until, wrapper,
+use crate::support::mounts::{
+    SHOW, in_mount_namespace, nsenter, once_in_mount_namespace, roots_and, wait_more,
 };
-
-/// How long a guard or a change may take to show (slack for a loaded 2-core machine).
-const SHOW: Duration = Duration::from_secs(15);
+use crate::support::{
+    CompareOptions, NOBODY, PASS_COMPLETE, Tree, assert_same, assert_same_with, assert_unchanged,
+    compare, has_action, set_mtime, snapshot, wait_until,
+};
 
 /// The debug line a guard logs each time it is checked and still holds.
 const STILL_HOLDING: &str = "still holding";
@@ -31,69 +28,6 @@ const STILL_HOLDING: &str = "still holding";
 /// A service with passes every 300 ms and debug lines, so a test can count the guard's
 /// re-checks instead of sleeping.
 const BUSY: &[&str] = &["--interval", "300ms", "-v"];
-
-/// Waits until the service has logged `n` more lines containing `needle` than now.
-#[track_caller]
-fn wait_more(svc: &Service, needle: &str, n: usize) {
-    let start = svc.count(needle);
-    assert!(
-        wait_until(SHOW, || svc.count(needle) >= start + n),
-        "expected {n} more {needle:?} lines; log:\n{}",
-        svc.log()
-    );
-}
-
-/// `unshare --mount --propagation private sh -c "<setup> && exec replicad ARGS"`: the
-/// service's pid is the namespace's, so `nsenter -t PID -m` reaches its mounts.
-fn in_mount_namespace(setup: &str, args: &[OsString]) -> Command {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("{setup} || exit 97; exec \"$0\" \"$@\""))
-        .arg(bin())
-        .args(args);
-    cmd
-}
-
-/// Runs `args` inside the mount namespace of process `pid`.
-#[track_caller]
-fn nsenter(pid: u32, args: &[&str]) -> std::process::Output {
-    let out = Command::new("nsenter")
-        .args(["-t", &pid.to_string(), "-m", "--"])
-        .args(args)
-        .output()
-        .expect("run nsenter");
-    assert!(out.status.success(), "nsenter {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn os(args: &[&str]) -> Vec<OsString> {
-    args.iter().map(OsString::from).collect()
-}
-
-fn roots_and(t: &Tree, extra: &[&str]) -> Vec<OsString> {
-    let mut args = vec![t.src().as_os_str().to_owned(), t.dst().as_os_str().to_owned()];
-    args.extend(os(extra));
-    args
-}
-
-/// A one-shot run in a private mount namespace after `setup` (a shell line; `$S` and `$D`
-/// are SOURCE and REPLICA). Fails the test if the setup itself failed.
-#[track_caller]
-fn once_in_mount_namespace(t: &Tree, setup: &str, extra: &[&str]) -> Run {
-    let mut args = os(&["--once"]);
-    args.extend(roots_and(t, extra));
-    let mut cmd = wrapper("env");
-    cmd.arg(format!("S={}", t.src().display()))
-        .arg(format!("D={}", t.dst().display()))
-        .arg("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("{setup} || exit 97; exec \"$0\" \"$@\""))
-        .arg(bin())
-        .args(&args);
-    let run = Run::of(&mut cmd);
-    assert_ne!(run.code, Some(97), "the mount setup failed (this test needs root):\n{run}");
-    run
-}
 
 // ---- REPLICA's own guard (#7.3) -------------------------------------------------------------
 

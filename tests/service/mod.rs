@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     CompareOptions, PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_same_with,
-    assert_unchanged, bin, compare, compare_with, has_action, inotify_watched_inodes, same_content,
-    snapshot, temp_leftovers, wait_until,
+    assert_unchanged, bin, compare, compare_with, has_action, inotify_watched_inodes, snapshot,
+    temp_leftovers, wait_until,
 };
 
 /// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
@@ -339,8 +339,9 @@ fn big_file(t: &Tree, rel: &str) {
     f.flush().expect("flush big file");
 }
 
-/// Starts the service on a SOURCE holding a 1 GiB file and returns once the copy is under
-/// way (a temporary file was seen in REPLICA). Panics if the first pass ends first.
+/// Starts the service on a SOURCE holding a 1 GiB file and returns it *frozen* (SIGSTOP)
+/// while the copy is in flight: a temporary file is in REPLICA and cannot be finished or
+/// removed before the test's signal. Panics if the first pass ends first.
 fn mid_big_copy(t: &Tree) -> Service {
     big_file(t, "big.bin");
     t.file("small", b"s");
@@ -348,9 +349,14 @@ fn mid_big_copy(t: &Tree) -> Service {
     let mut in_flight = false;
     wait_until(Duration::from_secs(30), || {
         in_flight = !temp_leftovers(t.dst()).is_empty();
+        if in_flight {
+            svc.freeze();
+        }
         in_flight || svc.log().contains(PASS_COMPLETE)
     });
-    assert!(in_flight, "the big copy was never seen in flight; log:\n{}", svc.log());
+    // Frozen now; the copy may have ended between the look and the freeze: look again.
+    let frozen_in_flight = in_flight && !temp_leftovers(t.dst()).is_empty();
+    assert!(frozen_in_flight, "the big copy was never caught in flight; log:\n{}", svc.log());
     svc
 }
 
@@ -360,6 +366,7 @@ fn sigterm_during_a_1gib_copy_exits_promptly_and_leaves_nothing_torn() {
     let mut svc = mid_big_copy(&t);
     let asked = Instant::now();
     svc.terminate();
+    svc.resume();
     let status = svc.wait_exit(Duration::from_secs(10));
     let took = asked.elapsed();
     let log = svc.log();
@@ -368,10 +375,9 @@ fn sigterm_during_a_1gib_copy_exits_promptly_and_leaves_nothing_torn() {
     assert!(took < Duration::from_secs(3), "took {took:?} to stop; log:\n{log}");
     assert!(log.contains("stopped"), "{log}");
     assert_eq!(temp_leftovers(t.dst()), Vec::<std::path::PathBuf>::new(), "{log}");
-    let copy = t.replica().join("big.bin");
-    if copy.exists() {
-        assert!(same_content(&t.join("big.bin"), &copy).expect("read"), "torn copy; {log}");
-    }
+    // Stopped mid-copy: the file is not there at all, rather than torn.
+    assert!(!t.replica().exists("big.bin"), "a copy stopped mid-way went live; {log}");
+    assert!(log.contains("pass interrupted"), "the pass must not claim to be complete: {log}");
 }
 
 #[test]
@@ -379,11 +385,7 @@ fn kill_9_during_a_1gib_copy_then_once_converges() {
     let t = Tree::new();
     let mut svc = mid_big_copy(&t);
     svc.kill();
-    if temp_leftovers(t.dst()).is_empty() {
-        // The copy was seen in flight but finished in the instant before the kill: the
-        // restart below still has to converge, there is just no leftover to clean.
-        eprintln!("note: the 1 GiB copy completed just before SIGKILL; no temp file left");
-    }
+    assert!(!temp_leftovers(t.dst()).is_empty(), "a killed copy leaves its temporary file");
     t.once(&[]).assert_code(0);
     assert_same(t.src(), t.dst());
     assert_eq!(temp_leftovers(t.dst()), Vec::<std::path::PathBuf>::new());

@@ -25,6 +25,8 @@ use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
 use tempfile::TempDir;
 use walkdir::WalkDir;
 
+pub mod mounts;
+
 /// Hard bound on one `--once` run: a hang fails the test in seconds, not never.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
