@@ -484,6 +484,7 @@ impl Engine {
         // A stop does not wait for the flush (it can take minutes on a slow disk); the
         // kernel writes the data back on its own, and every file was renamed complete.
         if changed && !self.opts.dry_run && !self.opts.copy.fsync && !self.cancel.is_cancelled() {
+            debug!("flushing the replica's filesystem (syncfs)");
             self.flushing.store(true, Ordering::Relaxed);
             let synced =
                 replica_fs.map_or(Ok(()), |fd| fd.and_then(|fd| ops::sync_filesystem(&fd)));
@@ -1155,6 +1156,7 @@ impl Engine {
             boundary: &|e: &Entry| self.guard.is_boundary(e),
             stop: &stop,
         };
+        debug!(path = %rel, "removing a directory tree");
         let removed = ops::remove_tree(dir.as_fd(), name, rel, &rules)
             .map_err(|e| EntryError::io(Op::Remove, rel, e))?;
         for inner in &removed.boundaries {
@@ -1332,6 +1334,7 @@ impl Engine {
         let (Some(cache), Some(dst_dir)) = (&self.md5, dst_dir) else {
             return Ok(true);
         };
+        debug!(path = %rel, "comparing content by MD5");
         let cancelled = || self.cancel.is_cancelled();
         let md5 = |fd: OwnedFd, entry: &Entry| cache.md5(&fd, entry, &cancelled);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::entry::Entry;
@@ -61,6 +61,7 @@ impl Watcher {
         let (source, debounce) = (self.source.clone(), self.debounce);
         let (hints, full_pass, excluded) =
             (self.hints.clone(), self.full_pass.clone(), self.excluded.clone());
+        debug!("starting the watch (a walk of SOURCE)");
         let walk = tokio::task::spawn_blocking(move || {
             Watch::start(&source, debounce, hints, full_pass, excluded)
         });
@@ -71,6 +72,7 @@ impl Watcher {
         };
         match started {
             Ok(Ok(watch)) => {
+                debug!("watch started");
                 if let Some(problem) = watch.degraded() {
                     warn!("{problem}; changes there are picked up by the periodic pass");
                 }

@@ -4,7 +4,10 @@
 //! stderr, thread limits, SIGINT/SIGTERM during `--once`, sibling events racing on one
 //! missing directory. Each checks the exit status and the log say what happened, that no
 //! temporary or torn file is left, and that replicad recovers once the fault is gone.
-//! Mount faults run in a private mount namespace (see `support::mounts`).
+//! Mount faults run in a private mount namespace (see `support::mounts`); `stop` sends
+//! SIGTERM in every phase.
+
+mod stop;
 
 use std::fs;
 use std::process::{Command, Stdio};
