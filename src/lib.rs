@@ -17,6 +17,7 @@
 //! | [`config`] | validated configuration built once from [`cli::Args`] |
 //! | [`cli`] | the clap argument struct and DURATION parsing |
 //! | [`logging`] | the tracing subscriber (stderr + optional file, text or JSON) |
+//! | [`logfmt`] | the text log's fields, quoted so that no name can forge one |
 //! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
 //! | [`relpath`] | paths relative to the roots, escaped for display |
 
@@ -26,6 +27,7 @@ pub mod config;
 pub mod entry;
 pub mod error;
 pub mod guard;
+pub mod logfmt;
 pub mod logging;
 pub mod ops;
 pub mod queue;

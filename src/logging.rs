@@ -19,6 +19,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::cli::LogFormat;
+use crate::logfmt::Logfmt;
 
 /// Keeps the writer threads alive; dropping it flushes the last lines (waiting about a
 /// second at most for a stalled output).
@@ -126,7 +127,7 @@ where
 {
     let base = tracing_subscriber::fmt::layer().with_writer(writer).with_target(false);
     match format {
-        LogFormat::Text => base.with_ansi(ansi).boxed(),
+        LogFormat::Text => base.fmt_fields(Logfmt).with_ansi(ansi).boxed(),
         LogFormat::Json => base.json().flatten_event(true).with_span_list(false).boxed(),
     }
 }

@@ -128,10 +128,16 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Characters that reorder what a terminal shows (Unicode bidirectional controls): a name
+/// holding them could make a log line read differently from what it says.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
 fn write_escaped(f: &mut fmt::Formatter<'_>, os: &OsStr) -> fmt::Result {
     for chunk in os.as_encoded_bytes().utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() || c == '\\' {
+            if c.is_control() || c == '\\' || is_bidi_control(c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 write!(f, "{c}")?;
@@ -169,6 +175,12 @@ mod tests {
         let p = RelPath::root().join(name);
         assert_eq!(p.to_string(), "café-\\xff\\xfe-tab\\t\\\\");
         assert_eq!(RelPath::root().to_string(), ".");
+    }
+
+    #[test]
+    fn display_escapes_bidi_controls() {
+        let p = RelPath::root().join(OsStr::new("evil\u{202e}txt.exe\u{2066}"));
+        assert_eq!(p.to_string(), "evil\\u{202e}txt.exe\\u{2066}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - `boundary`: never touch what is not ours — bind mounts, unmounts, planted links.
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
+//! - `logs`: hostile names cannot forge log fields (logfmt and JSON parsed back).
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
 //! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
@@ -18,6 +19,7 @@ mod attack;
 mod boundary;
 mod comparer;
 mod faults;
+mod logs;
 mod once;
 mod prop;
 mod service;
