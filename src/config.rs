@@ -52,6 +52,9 @@ pub struct Config {
     pub excludes: Excludes,
     /// Whether owners are mirrored (root or CAP_CHOWN).
     pub chown: bool,
+    /// (device, inode) of files replicad writes itself (the log file): never mirrored and
+    /// never removed, wherever a mount makes them appear.
+    pub own_files: Vec<(u64, u64)>,
 }
 
 impl Config {
@@ -65,6 +68,8 @@ impl Config {
             check_log_file(log, &source, &replica)?;
         }
         let log_file = args.log_file.as_deref().map(open_log_file).transpose()?;
+        let own_files =
+            log_file.iter().filter_map(|f| f.metadata().ok()).map(|m| (m.dev(), m.ino())).collect();
         if !args.dry_run && !replica.exists() {
             fs::create_dir_all(&replica).map_err(|e| Fatal::Replica {
                 path: args.replica.clone(),
@@ -93,6 +98,7 @@ impl Config {
             verbosity: clamp_verbosity(args.verbose, args.quiet),
             excludes,
             chown: may_chown(),
+            own_files,
         })
     }
 }
@@ -128,6 +134,10 @@ fn open_log_file(path: &Path) -> Result<File, Fatal> {
 /// refused, by path and by device and inode (a bind mount does not hide them).
 fn check_log_file(path: &Path, source: &Path, replica: &Path) -> Result<(), Fatal> {
     let refuse = |reason| Fatal::LogFileInside { path: path.to_path_buf(), reason };
+    // `missing/../x` would be judged without `missing` but opened after creating it.
+    if path.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(refuse("it contains '..'; give the path without it"));
+    }
     let log = canonical_to_be(path)
         .map_err(|e| Fatal::LogFile { path: path.to_path_buf(), source: e })?;
     let chain = existing_ancestor_ids(&log);

@@ -6,7 +6,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::AsFd;
 
-use rustix::fs::{AtFlags, FileType, Statx, StatxFlags, StatxTimestamp};
+use rustix::fs::{AtFlags, FileType, Statx, StatxAttributes, StatxFlags, StatxTimestamp};
 
 /// The entry types replicad knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +101,8 @@ pub struct Entry {
     pub nlink: u64,
     /// Device number, for device nodes.
     pub rdev: u64,
+    /// The entry is the root of a mount (a mounted filesystem or a bind mount).
+    pub mount_root: bool,
 }
 
 /// The statx fields replicad reads.
@@ -123,6 +125,8 @@ impl Entry {
             ino: st.stx_ino,
             nlink: u64::from(st.stx_nlink),
             rdev: rustix::fs::makedev(st.stx_rdev_major, st.stx_rdev_minor),
+            mount_root: st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+                && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT),
         }
     }
 
@@ -261,6 +265,7 @@ mod tests {
             ino: 1,
             nlink: 1,
             rdev: 0,
+            mount_root: false,
         }
     }
 

@@ -76,9 +76,11 @@ pub enum EntryErrorKind {
     /// A type replicad does not mirror (sockets), or cannot here (devices without CAP_MKNOD).
     #[error("{0}")]
     Unsupported(&'static str),
-    /// A directory that must go holds excluded entries, so the entry SOURCE has there
-    /// cannot be put in its place.
-    #[error("cannot make way: the replica directory here holds excluded entries, which are kept")]
+    /// An excluded REPLICA entry (or a directory holding excluded entries) is where the
+    /// entry SOURCE has must go; excluded entries are kept, so it cannot be placed.
+    #[error(
+        "cannot make way: the replica entry here is excluded (or holds excluded entries), and is kept"
+    )]
     CannotMakeWay,
     /// A directory below a root is SOURCE or REPLICA (or holds one), seen again through a
     /// bind mount: never entered, never removed.
@@ -191,7 +193,7 @@ pub enum Fatal {
         /// The OS's refusal.
         reason: String,
     },
-    /// The log file lies inside SOURCE or REPLICA.
+    /// The log file lies inside SOURCE or REPLICA, or its path cannot be judged.
     #[error("log file {}: {reason}", Escaped::path(.path))]
     LogFileInside {
         /// The path as given.

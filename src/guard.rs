@@ -114,14 +114,14 @@ impl Guard {
             _ => GuardTrip::SourceGone(e.to_string()),
         })?;
         let now = FsId::of(&src).map_err(|e| GuardTrip::SourceGone(e.to_string()))?;
-        if now != self.source_fs {
+        if !self.source_fs.same_as(&now) {
             let (was, now) = (self.source_fs.to_string(), now.to_string());
             return Err(GuardTrip::SourceDeviceChanged { was, now });
         }
         let dst = match (open_dir_nofollow(&self.replica), self.replica_fs) {
             (Ok(fd), Some(was)) => {
                 let now = FsId::of(&fd).map_err(|e| GuardTrip::ReplicaGone(e.to_string()))?;
-                if now != was {
+                if !was.same_as(&now) {
                     let (was, now) = (was.to_string(), now.to_string());
                     return Err(GuardTrip::ReplicaDeviceChanged { was, now });
                 }
@@ -146,27 +146,42 @@ impl Guard {
     }
 }
 
-/// Which filesystem a directory is on. The device number alone is not enough: filesystems
-/// without a disk (tmpfs, overlay, NFS) take anonymous device numbers that are reused, so
-/// a new tmpfs mounted where an old one was can have the old one's number. The statfs
-/// filesystem id tells them apart (random per tmpfs mount; from the UUID on disks).
+/// Which filesystem a root is on, and whether the root is a mount of its own.
+///
+/// The device number alone is not enough: filesystems without a disk (tmpfs, overlay, NFS)
+/// take anonymous device numbers that are reused (a new tmpfs where an old one was can
+/// get its number), and a disk plugged back in may come back under another. The statfs
+/// filesystem id tells filesystems apart where it exists (from the UUID on ext4 and
+/// btrfs, random per tmpfs mount), so it decides; the device number only where there is
+/// none. A root that was a mount (a disk, or a bind mount of a directory on the same
+/// filesystem) and no longer is, or the reverse, was unmounted or covered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FsId {
     dev: u64,
     fsid: u64,
+    mount_root: bool,
 }
 
 impl FsId {
     fn of(fd: &OwnedFd) -> io::Result<FsId> {
-        let dev = Entry::stat_fd(fd)?.dev;
+        let entry = Entry::stat_fd(fd)?;
         let fsid = rustix::fs::fstatvfs(fd)?.f_fsid;
-        Ok(FsId { dev, fsid })
+        Ok(FsId { dev: entry.dev, fsid, mount_root: entry.mount_root })
+    }
+
+    fn same_as(&self, now: &FsId) -> bool {
+        let same_fs = match (self.fsid, now.fsid) {
+            (0, _) | (_, 0) => self.dev == now.dev,
+            (was, now) => was == now,
+        };
+        same_fs && self.mount_root == now.mount_root
     }
 }
 
 impl std::fmt::Display for FsId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "device {:#x} id {:#x}", self.dev, self.fsid)
+        let mount = if self.mount_root { ", a mount" } else { "" };
+        write!(f, "device {:#x} id {:#x}{mount}", self.dev, self.fsid)
     }
 }
 
@@ -181,21 +196,29 @@ fn replica_fatal(config: &Config, e: io::Error) -> Fatal {
 /// following a symlink: a component swapped for a symlink fails (ELOOP/ENOTDIR) instead of
 /// leading somewhere else.
 pub fn open_dir_nofollow(path: &Path) -> io::Result<OwnedFd> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let mut fd: OwnedFd = rustix::fs::open("/", flags, Mode::empty())?;
+    let mut names = Vec::new();
     for component in path.components() {
         match component {
             Component::RootDir => {}
-            Component::Normal(name) => {
-                let name = CString::new(name.as_bytes())
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-                fd = ops::open_dir_at(&fd, &name)?;
-            }
+            Component::Normal(name) => names.push(
+                CString::new(name.as_bytes())
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            ),
             // Canonical paths have none of these; refuse rather than guess.
             _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
         }
     }
-    Ok(fd)
+    // The way there needs search permission only (an ancestor may be 0711): O_PATH.
+    let through = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let Some((last, way)) = names.split_last() else {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        return Ok(rustix::fs::open("/", flags, Mode::empty())?);
+    };
+    let mut fd: OwnedFd = rustix::fs::open("/", through, Mode::empty())?;
+    for name in way {
+        fd = rustix::fs::openat(&fd, name, through, Mode::empty())?;
+    }
+    ops::open_dir_at(&fd, last)
 }
 
 /// (device, inode) of the existing directory `path` and of each of its ancestors.
@@ -208,4 +231,26 @@ fn ancestor_ids(path: &Path) -> Vec<(u64, u64)> {
 fn has_no_entries(dir: &OwnedFd, ignore: impl Fn(&[u8]) -> bool) -> io::Result<bool> {
     let own = ops::open_dir_at(dir, c".")?;
     Ok(!ops::has_entry(&own, |name| !ignore(name.to_bytes()))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs(dev: u64, fsid: u64, mount_root: bool) -> FsId {
+        FsId { dev, fsid, mount_root }
+    }
+
+    #[test]
+    fn a_filesystem_is_known_by_its_id_where_it_has_one_else_by_its_device() {
+        // A disk plugged back in under another device number: the same filesystem.
+        assert!(fs(0x700, 42, true).same_as(&fs(0x701, 42, true)));
+        // A new tmpfs that reused the old one's anonymous device number: another one.
+        assert!(!fs(0x27, 1, true).same_as(&fs(0x27, 2, true)));
+        // No filesystem id: the device decides.
+        assert!(fs(0x27, 0, false).same_as(&fs(0x27, 0, false)));
+        assert!(!fs(0x27, 0, false).same_as(&fs(0x28, 0, false)));
+        // A bind mount of a directory on the same filesystem, unmounted: not the same.
+        assert!(!fs(0xfe00, 9, true).same_as(&fs(0xfe00, 9, false)));
+    }
 }

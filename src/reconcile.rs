@@ -92,10 +92,11 @@ pub fn decide(
         Kind::File if rules.checksum => Action::CompareContent,
         Kind::Symlink if !same_link_target() => Action::Replace,
         Kind::CharDevice | Kind::BlockDevice if src.rdev != dst.rdev => Action::Replace,
+        Kind::Dir => Action::Descend,
         _ => match src.attr_diff(dst, rules.owners, &rules.mtimes) {
             diff if diff.is_empty() => Action::Nothing,
-            // Another name for the inode may lie outside REPLICA: replace, never change it.
-            _ if dst.nlink > 1 => Action::Replace,
+            // Someone else's inode, maybe with a name outside REPLICA: replace, never change.
+            _ if foreign_content(src, dst, rules) => Action::Replace,
             diff => Action::Attrs(diff),
         },
     }
@@ -294,6 +295,8 @@ pub struct Engine {
     flushing: AtomicBool,
     /// Bind-mount boundaries already warned about (one warning each per run).
     boundaries_warned: Mutex<HashSet<RelPath>>,
+    /// (device, inode) of files this process writes (its log): never mirrored or removed.
+    own_files: Vec<(u64, u64)>,
 }
 
 impl Engine {
@@ -335,6 +338,7 @@ impl Engine {
             progress: AtomicU64::new(0),
             flushing: AtomicBool::new(false),
             boundaries_warned: Mutex::new(HashSet::new()),
+            own_files: config.own_files.clone(),
         })
     }
 
@@ -617,9 +621,10 @@ impl Engine {
         let Some((src, dst)) = self.stat_pair(src_dir, Some(dst_dir), &name, rel, counters) else {
             return;
         };
-        if self.is_excluded(rel, src.as_ref(), dst.as_ref())
-            || self.at_boundary(src.as_ref(), dst.as_ref(), rel)
-        {
+        let Some((src, dst)) = self.unexcluded(rel, src, dst, counters) else {
+            return;
+        };
+        if self.at_boundary(src.as_ref(), dst.as_ref(), rel) {
             return;
         }
         if let Some(src) = &src {
@@ -921,10 +926,14 @@ impl Engine {
         counters: &Counters,
     ) -> Option<Item> {
         let rel = || node.rel().join(OsStr::from_bytes(name.to_bytes()));
-        let (src, dst) =
+        let (mut src, mut dst) =
             self.stat_pair(src_fd, node.dst_fd.as_ref(), name, &LazyRel(&rel), counters)?;
-        if self.excludes_any() && self.is_excluded(&rel(), src.as_ref(), dst.as_ref()) {
-            return None;
+        if ops::is_temp_name(name.to_bytes()) {
+            // Reserved: never mirrored from SOURCE; in REPLICA only a stray to remove.
+            src = None;
+        }
+        if self.excludes_any() {
+            (src, dst) = self.unexcluded(&rel(), src, dst, counters)?;
         }
         if self.at_boundary(src.as_ref(), dst.as_ref(), &LazyRel(&rel)) {
             return None;
@@ -977,27 +986,62 @@ impl Engine {
     // One entry
     // ---------------------------------------------------------------------------------
 
-    /// True if either side is a directory that is SOURCE or REPLICA (or holds one), met
-    /// again through a bind mount: it is neither entered nor removed (one warning each).
+    /// True if the name is one this engine must not touch: on either side a directory that
+    /// is SOURCE or REPLICA (or holds one) met again through a bind mount, or a file this
+    /// process writes (its log); in REPLICA, any mount (a bind mount of SOURCE's own
+    /// subdirectory would be emptied through it). Neither entered nor removed; one warning.
     fn at_boundary(&self, src: Option<&Entry>, dst: Option<&Entry>, rel: &dyn RelSource) -> bool {
-        let hit = [src, dst].into_iter().flatten().any(|e| self.guard.is_boundary(e));
+        let hit = [src, dst].into_iter().flatten().any(|e| self.untouchable(e))
+            || dst.is_some_and(|d| d.mount_root);
         if hit {
             let rel = rel.rel();
             let mut warned = self.boundaries_warned.lock().unwrap_or_else(|e| e.into_inner());
             if warned.insert(rel.clone()) {
-                warn!(path = %rel, "not mirrored: this directory is the source or the replica (or holds one), mounted again here; it is neither entered nor removed");
+                warn!(path = %rel, "not mirrored: a mount inside the replica, the source or the replica itself mounted again here, or replicad's own log file; it is neither entered nor removed");
             }
         }
         hit
+    }
+
+    /// SOURCE, REPLICA or a directory holding one (seen below a root), or a file of ours.
+    fn untouchable(&self, e: &Entry) -> bool {
+        self.guard.is_boundary(e) || self.own_files.contains(&(e.dev, e.ino))
     }
 
     fn excludes_any(&self) -> bool {
         !self.excludes.is_empty()
     }
 
-    fn is_excluded(&self, rel: &RelPath, src: Option<&Entry>, dst: Option<&Entry>) -> bool {
-        let is_dir = src.or(dst).is_some_and(|e| e.kind == Kind::Dir);
-        self.excludes.matches(rel, is_dir)
+    /// Applies the excludes to one name, judging each side's entry as its own type (a
+    /// dir-only pattern such as `build/` can match REPLICA's directory and not SOURCE's
+    /// file). `None`: the name is left alone; otherwise the entries the decision may see.
+    /// An excluded REPLICA entry is never removed: where SOURCE has a mirrored entry of
+    /// another type at its name, that entry cannot be placed (an entry error, as rsync's
+    /// "could not make way").
+    fn unexcluded(
+        &self,
+        rel: &RelPath,
+        src: Option<Entry>,
+        dst: Option<Entry>,
+        counters: &Counters,
+    ) -> Option<(Option<Entry>, Option<Entry>)> {
+        let excluded = |e: &Option<Entry>| {
+            e.as_ref().is_some_and(|e| self.excludes.matches(rel, e.kind == Kind::Dir))
+        };
+        match (excluded(&src), excluded(&dst)) {
+            (false, false) => Some((src, dst)),
+            // SOURCE's entry is not mirrored: REPLICA's (of a type the pattern misses) is a
+            // stray like any other.
+            (true, false) => Some((None, dst)),
+            (false, true) if src.is_some() => {
+                self.record(
+                    counters,
+                    EntryError::new(Op::Create, rel, EntryErrorKind::CannotMakeWay),
+                );
+                None
+            }
+            (_, true) => None,
+        }
     }
 
     /// Stats `name` on both sides. A failure is recorded and the entry skipped entirely, so
@@ -1153,7 +1197,8 @@ impl Engine {
         };
         let rules = ops::Removal {
             keep: self.excludes_any().then_some(&excluded as _),
-            boundary: &|e: &Entry| self.guard.is_boundary(e),
+            boundary: &|e: &Entry| e.mount_root || self.untouchable(e),
+            own: &|dev, ino| self.own_files.contains(&(dev, ino)),
             stop: &stop,
         };
         debug!(path = %rel, "removing a directory tree");
@@ -1483,6 +1528,7 @@ impl DirNode {
             ino: 0,
             nlink: 1,
             rdev: 0,
+            mount_root: false,
         };
         Arc::new(DirNode {
             place: Place::Top(rel),
@@ -1627,6 +1673,7 @@ mod tests {
             ino: 1,
             nlink: 1,
             rdev: 0,
+            mount_root: false,
         }
     }
 
@@ -1651,7 +1698,6 @@ mod tests {
         let checksum = Rules { owners: true, checksum: true, mtimes: exact };
         let no_owners = Rules { owners: false, checksum: false, mtimes: exact };
         let mode_only = AttrDiff { mode: true, mtime: false, owner: false };
-        let owner_only = AttrDiff { mode: false, mtime: false, owner: true };
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("nothing on either side", None, None, plain, true, Action::Nothing),
@@ -1669,7 +1715,9 @@ mod tests {
             ("file of another owner: copied again, never chowned in place", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), plain, true, Action::Update),
             ("file of another group: copied again", Some(file.clone()), Some(with(Kind::File, |e| e.gid = 2)), plain, true, Action::Update),
             ("owner ignored when we may not chown", Some(file.clone()), Some(with(Kind::File, |e| e.uid = 2)), no_owners, true, Action::Nothing),
-            ("fifo of another owner: attrs", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.uid = 2)), plain, true, Action::Attrs(owner_only)),
+            ("fifo of another owner: replaced, never chowned in place", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.uid = 2)), plain, true, Action::Replace),
+            ("fifo of another owner, owners not mirrored: nothing", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.uid = 2)), no_owners, true, Action::Nothing),
+            ("fifo mode differs, ours: attrs", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.mode = 0o600)), plain, true, Action::Attrs(mode_only)),
             ("hard-linked replica file: copied again even if equal", Some(file.clone()), Some(with(Kind::File, |e| e.nlink = 2)), plain, true, Action::Update),
             ("hard-linked fifo with a mode to fix: replace", Some(fifo.clone()), Some(with(Kind::Fifo, |e| { e.nlink = 2; e.mode = 0o600 })), plain, true, Action::Replace),
             ("hard-linked fifo already right: nothing", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.nlink = 2)), plain, true, Action::Nothing),

@@ -102,13 +102,15 @@ pub struct DirItem {
     pub name: CString,
     /// The type from getdents; `FileType::Unknown` on filesystems that do not say.
     pub kind_hint: FileType,
+    /// The inode number from getdents (that of the directory below, for a mount point).
+    pub ino: u64,
 }
 
 /// Every name in the directory `fd` except `.` and `..`, unsorted.
 pub fn list_dir(fd: impl AsFd) -> io::Result<Vec<DirItem>> {
     let mut items = Vec::new();
-    for_each_name(fd, |name, kind_hint| {
-        items.push(DirItem { name: name.to_owned(), kind_hint });
+    for_each_name(fd, |name, kind_hint, ino| {
+        items.push(DirItem { name: name.to_owned(), kind_hint, ino });
         true
     })?;
     Ok(items)
@@ -118,7 +120,7 @@ pub fn list_dir(fd: impl AsFd) -> io::Result<Vec<DirItem>> {
 /// Stops reading at the first one, so it costs one getdents on any directory.
 pub fn has_entry(fd: impl AsFd, counts: impl Fn(&CStr) -> bool) -> io::Result<bool> {
     let mut found = false;
-    for_each_name(fd, |name, _| {
+    for_each_name(fd, |name, _, _| {
         found = counts(name);
         !found
     })?;
@@ -126,7 +128,10 @@ pub fn has_entry(fd: impl AsFd, counts: impl Fn(&CStr) -> bool) -> io::Result<bo
 }
 
 /// Calls `each` for every name from the descriptor's current offset until it returns false.
-fn for_each_name(fd: impl AsFd, mut each: impl FnMut(&CStr, FileType) -> bool) -> io::Result<()> {
+fn for_each_name(
+    fd: impl AsFd,
+    mut each: impl FnMut(&CStr, FileType, u64) -> bool,
+) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut iter = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
     while let Some(entry) = iter.next() {
@@ -135,7 +140,7 @@ fn for_each_name(fd: impl AsFd, mut each: impl FnMut(&CStr, FileType) -> bool) -
         if name == c"." || name == c".." {
             continue;
         }
-        if !each(name, entry.file_type()) {
+        if !each(name, entry.file_type(), entry.ino()) {
             break;
         }
     }

@@ -30,6 +30,8 @@ pub struct Removal<'a> {
     pub boundary: &'a dyn Fn(&Entry) -> bool,
     /// Called once per entry (it shows progress); true means shutdown: stop now.
     pub stop: &'a dyn Fn() -> bool,
+    /// Files never removed, by (device, inode): the process's own (its log file).
+    pub own: &'a dyn Fn(u64, u64) -> bool,
 }
 
 /// What a removal did.
@@ -52,6 +54,7 @@ impl Removed {
 
 struct Frame {
     fd: OwnedFd,
+    dev: u64,
     name: CString,
     rel: RelPath,
     subdirs: Vec<CString>,
@@ -119,12 +122,14 @@ fn enter(
         }
         other => other?,
     };
-    if (rules.boundary)(&Entry::stat_fd(&fd)?) {
+    let entry = Entry::stat_fd(&fd)?;
+    if (rules.boundary)(&entry) {
         done.boundaries.push(rel.clone());
         return Ok(None);
     }
     Ok(Some(Frame {
         fd,
+        dev: entry.dev,
         name: name.to_owned(),
         rel: rel.clone(),
         subdirs: Vec::new(),
@@ -146,6 +151,11 @@ fn fill(frame: &mut Frame, rules: &Removal<'_>, done: &mut Removed) -> io::Resul
             }
             _ => false,
         };
+        if !is_dir && (rules.own)(frame.dev, item.ino) {
+            done.kept += 1;
+            frame.keeps = true;
+            continue;
+        }
         if let Some(keep_entry) = rules.keep {
             let rel = frame.rel.join(OsStr::from_bytes(item.name.to_bytes()));
             if keep_entry(&rel, is_dir) {

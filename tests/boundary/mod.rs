@@ -334,3 +334,150 @@ fn replica_file_hard_linked_to_a_file_outside_is_replaced_and_the_outside_file_u
     assert_eq!(after.nlink(), 1, "REPLICA still shares the outside inode:\n{run}");
     t.assert_mirrored();
 }
+
+// ---- Review findings (adversarial review of the boundary fixes) ------------------------------
+
+#[test]
+fn dir_only_exclude_keeps_the_replica_directory_when_source_has_a_file_there() {
+    // See: issue "Trust (3/3)" item 7; review finding 1
+    let t = Tree::new();
+    t.file("build", b"now a file").file("f", b"f");
+    t.replica().file("build/keep/data", b"precious");
+    let run = t.once(&["--exclude", "build/"]);
+    run.assert_code(23);
+    assert!(!run.lines_with("cannot make way").is_empty(), "{run}");
+    assert_eq!(t.replica().read("build/keep/data"), b"precious", "{run}");
+    assert_eq!(t.replica().read("f"), b"f");
+}
+
+#[test]
+fn negated_exclude_keeps_the_replica_file_when_source_has_a_directory_there() {
+    let t = Tree::new();
+    t.file("notes/inside", b"i");
+    t.replica().file("notes", b"an excluded file");
+    // `notes` is excluded, but not as a directory: SOURCE's directory is mirrored.
+    let run = t.once(&["--exclude", "notes", "--exclude", "!notes/"]);
+    run.assert_code(23);
+    assert_eq!(t.replica().read("notes"), b"an excluded file", "{run}");
+}
+
+#[test]
+fn dir_only_exclude_holds_for_events_too() {
+    let t = Tree::new();
+    t.file("f", b"f");
+    t.replica().file("build/keep/data", b"precious");
+    let mut svc = t.spawn(&["--interval", "1h", "--exclude", "build/"]);
+    svc.wait_first_pass();
+    t.file("build", b"a file now");
+    assert!(svc.wait_log(SHOW, "cannot make way"), "log:\n{}", svc.log());
+    assert_eq!(t.replica().read("build/keep/data"), b"precious", "{}", svc.log());
+}
+
+#[test]
+fn source_subdirectory_bind_mounted_into_replica_is_never_emptied() {
+    // See: review finding 2: a mount inside REPLICA is neither entered nor removed.
+    let t = Tree::new();
+    t.file("photos/one.jpg", b"1").file("photos/two.jpg", b"2").file("f", b"f");
+    t.replica().dir("view");
+    let before = snapshot(t.src());
+    let run = once_in_mount_namespace(&t, r#"mount --bind "$S/photos" "$D/view""#, &[]);
+    assert_unchanged("SOURCE", &before, &snapshot(t.src()));
+    assert!(!run.lines_with("a mount inside the replica").is_empty(), "{run}");
+    assert_eq!(t.replica().read("photos/one.jpg"), b"1", "the rest is mirrored:\n{run}");
+}
+
+#[test]
+fn replica_that_is_a_bind_mount_on_the_same_filesystem_is_guarded_when_unmounted() {
+    // See: review finding 3: same device and filesystem id, but no longer a mount.
+    let t = Tree::new();
+    t.file("a", b"a");
+    let real = t.base().join("real-replica");
+    fs::create_dir(&real).unwrap();
+    t.replica().file("other-service.db", b"not replicad's");
+    let setup = format!("mount --bind '{}' '{}'", real.display(), t.dst().display());
+    let mut svc = t.spawn_command(in_mount_namespace(&setup, &roots_and(&t, BUSY)));
+    svc.wait_first_pass();
+    assert_eq!(fs::read(real.join("a")).unwrap(), b"a", "the first pass went into the mount");
+    nsenter(svc.pid(), &["umount", &t.dst().display().to_string()]);
+    assert!(svc.wait_log(SHOW, "replica guard"), "log:\n{}", svc.log());
+    wait_more(&svc, STILL_HOLDING, 2);
+    assert_eq!(t.replica().read("other-service.db"), b"not replicad's", "{}", svc.log());
+    assert!(!t.replica().exists("a"), "REPLICA was refilled below its mount:\n{}", svc.log());
+}
+
+#[test]
+fn log_file_reached_through_a_bind_mount_of_a_replica_subdirectory_is_never_removed() {
+    // See: review finding 4
+    let t = Tree::new();
+    t.file("f", b"f");
+    t.replica().dir("logs");
+    let logdir = t.base().join("logdir");
+    fs::create_dir(&logdir).unwrap();
+    let log = logdir.join("replicad.log");
+    let setup = format!(r#"mount --bind "$D/logs" '{}'"#, logdir.display());
+    let run = once_in_mount_namespace(&t, &setup, &["--log-file", log.to_str().unwrap()]);
+    // The log went into REPLICA/logs through the mount: it must still be there.
+    assert!(t.replica().exists("logs/replicad.log"), "replicad removed its own log:\n{run}");
+}
+
+#[test]
+fn log_file_reached_through_a_bind_mount_of_a_source_subdirectory_is_never_mirrored() {
+    let t = Tree::new();
+    t.file("f", b"f").dir("logs");
+    let logdir = t.base().join("logdir");
+    fs::create_dir(&logdir).unwrap();
+    let log = logdir.join("replicad.log");
+    let setup = format!(r#"mount --bind "$S/logs" '{}'"#, logdir.display());
+    let run = once_in_mount_namespace(&t, &setup, &["--log-file", log.to_str().unwrap()]);
+    assert!(!t.replica().exists("logs/replicad.log"), "replicad mirrored its own log:\n{run}");
+    assert!(!run.has_action("copy", "logs/replicad.log"), "{run}");
+}
+
+#[test]
+fn log_file_path_with_dot_dot_is_refused() {
+    // See: review finding 5
+    let t = Tree::new();
+    t.file("f", b"f");
+    let sneaky = t.base().join("missing/../src/replicad.log");
+    let run = t.once(&["--log-file", sneaky.to_str().unwrap()]);
+    run.assert_code(1);
+    assert!(run.stderr.contains(".."), "{run}");
+    assert!(!t.src().join("replicad.log").exists());
+}
+
+#[test]
+fn unprivileged_run_works_below_a_search_only_ancestor() {
+    // See: review finding 6: the roots' ancestors need search permission only.
+    let t = Tree::new();
+    t.file("f", b"f");
+    t.give_to(NOBODY, NOBODY);
+    fs::set_permissions(t.base(), fs::Permissions::from_mode(0o711)).unwrap();
+    let run = t.once_as_nobody(&[]);
+    run.assert_code(0);
+    t.assert_mirrored();
+}
+
+#[test]
+fn planted_fifo_owned_by_someone_else_is_replaced_not_given_sources_owner() {
+    // See: review finding 8
+    let t = Tree::new();
+    t.fifo("ctl").chmod("ctl", 0o600);
+    t.replica().fifo("ctl").chmod("ctl", 0o600);
+    t.replica().chown("ctl", NOBODY, NOBODY);
+    let planted = t.replica().lstat("ctl").ino();
+    let run = t.once(&[]);
+    run.assert_code(0);
+    assert_ne!(t.replica().lstat("ctl").ino(), planted, "the stranger's FIFO was kept:\n{run}");
+    t.assert_mirrored();
+}
+
+#[test]
+fn reserved_temporary_names_are_never_mirrored_and_leftovers_go() {
+    // See: review finding 9
+    let t = Tree::new();
+    t.file(".replicad.tmp.1.x", b"reserved name in SOURCE").file("f", b"f");
+    t.replica().file(".replicad.tmp.1.x", b"leftover");
+    let run = t.once(&[]);
+    run.assert_code(0);
+    assert!(!t.replica().exists(".replicad.tmp.1.x"), "{run}");
+}
