@@ -6,7 +6,10 @@
 //! - `boundary`: never touch what is not ours — bind mounts, unmounts, planted links.
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
-//! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
+//! - `prop`: random operation sequences on SOURCE, a pass (or the running service's events),
+//!   then the oracle.
+//! - `removals`: the event path must remove every name that left SOURCE, whatever the
+//!   debouncer merged away.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
@@ -16,4 +19,5 @@ mod boundary;
 mod comparer;
 mod once;
 mod prop;
+mod removals;
 mod service;

@@ -1,18 +1,64 @@
-//! The debouncer's handler: runs on notify's std thread, maps each batch with
-//! [`hints_from`] and `try_send`s the hints into the bounded tokio channel; never blocks.
-//! When the channel is full it arranges one full pass instead.
+//! Between notify's threads and tokio, never blocking either: the [`Tee`] that records the
+//! names raw events touch (on notify's event thread), the debouncer's handler [`Bridge`]
+//! that maps each batch with [`hints_from`] and `try_send`s the hints into the bounded
+//! channel, and the [`Flusher`] thread that hands over touched names no batch covered. When
+//! the channel is full, one full pass is arranged instead.
 
+use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, Sender as StopSender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use notify_debouncer_full::DebounceEventResult;
 use tokio::sync::{Notify, mpsc};
 
 use super::Excluder;
 use super::errors::{Reported, WatchError, classify};
-use super::hints::hints_from;
+use super::hints::{hints_from, touched_by};
+use super::touched::Touched;
 use crate::queue::Hint;
+
+/// The touched names, shared by the tee (notify's event thread), the bridge (the
+/// debouncer's thread) and the flusher. Every holder keeps the lock for a few map
+/// operations only.
+pub(super) type SharedTouched = Arc<Mutex<Touched>>;
+
+fn lock(touched: &Mutex<Touched>) -> MutexGuard<'_, Touched> {
+    // The set stays consistent even if a holder panicked: its methods do not unwind midway.
+    touched.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records, on notify's event thread and before the debouncer sees the event, the names a
+/// raw event created, removed or renamed (see [`touched_by`]).
+#[derive(Clone)]
+pub(super) struct Tee {
+    root: PathBuf,
+    is_excluded: Excluder,
+    touched: SharedTouched,
+}
+
+impl Tee {
+    /// A tee for events under `root` into `touched`.
+    pub(super) fn new(root: PathBuf, is_excluded: Excluder, touched: SharedTouched) -> Tee {
+        Tee { root, is_excluded, touched }
+    }
+
+    /// Notes the names `event` touched, now.
+    pub(super) fn see(&self, event: &notify::Event) {
+        let names = touched_by(event, &self.root, self.is_excluded.as_ref());
+        if names.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut touched = lock(&self.touched);
+        for (name, gone) in names {
+            touched.touch(name, gone, now);
+        }
+    }
+}
 
 /// The debouncer's handler: runs on notify's std thread and must never block.
 pub(super) struct Bridge {
@@ -24,6 +70,7 @@ pub(super) struct Bridge {
     full_pass: Arc<Notify>,
     is_excluded: Excluder,
     reported: Arc<Reported>,
+    touched: SharedTouched,
     /// The channel was full: hints are being dropped and a full pass is owed.
     lagging: AtomicBool,
 }
@@ -36,6 +83,7 @@ impl Bridge {
         full_pass: Arc<Notify>,
         is_excluded: Excluder,
         reported: Arc<Reported>,
+        touched: SharedTouched,
     ) -> Bridge {
         Bridge {
             root,
@@ -43,25 +91,47 @@ impl Bridge {
             full_pass,
             is_excluded,
             reported,
+            touched,
             lagging: AtomicBool::new(false),
         }
     }
 
-    /// Maps one batch from the debouncer to hints and sends them.
+    /// Maps one batch from the debouncer to hints and sends them; the touched names they
+    /// cover need no hint of their own.
     pub(super) fn on_batch(&self, batch: DebounceEventResult) {
         let Some(hints) = self.hints.upgrade() else { return };
-        match batch {
-            Ok(events) => {
-                let mapped = events
-                    .iter()
-                    .flat_map(|event| hints_from(event, &self.root, self.is_excluded.as_ref()));
-                self.send_all(&hints, mapped);
-            }
+        // Before mapping: a raw event noted after this instant is not covered by the batch.
+        let at = Instant::now();
+        let mapped: Vec<Hint> = match batch {
+            Ok(events) => events
+                .iter()
+                .flat_map(|event| hints_from(event, &self.root, self.is_excluded.as_ref()))
+                .collect(),
             Err(errors) => {
                 errors.iter().for_each(|err| self.report(err));
-                self.send_all(&hints, [Hint::FullPass]);
+                vec![Hint::FullPass]
             }
+        };
+        lock(&self.touched).cover(&mapped, at);
+        self.send_all(&hints, mapped);
+    }
+
+    /// Sends the touched names that stayed quiet past the point where the debouncer would
+    /// have delivered them, yet no batch covered: the debouncer merged their events away.
+    pub(super) fn flush_touched(&self, now: Instant) {
+        let Some(hints) = self.hints.upgrade() else { return };
+        let ripe = lock(&self.touched).take_ripe(now);
+        match ripe.as_slice() {
+            [] => return,
+            [Hint::FullPass] => tracing::info!(
+                "too many names changed at once to follow one by one: a full pass will follow"
+            ),
+            _ => tracing::debug!(
+                hints = ripe.len(),
+                "reconciling names whose events the debouncer merged away"
+            ),
         }
+        self.send_all(&hints, ripe);
     }
 
     /// `try_send`s each hint; once the channel is full, the rest of the batch is dropped
@@ -96,6 +166,39 @@ impl Bridge {
     }
 }
 
+/// The thread that hands ripe touched names to the queue every tick, even when the
+/// debouncer has nothing to deliver (a file created and removed within one debounce makes
+/// no batch at all). Dropping it stops and joins the thread, which wakes at once.
+pub(super) struct Flusher {
+    stop: Option<StopSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    /// Starts flushing `bridge`'s touched names every `tick`.
+    pub(super) fn start(bridge: Arc<Bridge>, tick: Duration) -> io::Result<Flusher> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread =
+            std::thread::Builder::new().name("replicad-names".into()).spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                    bridge.flush_touched(Instant::now());
+                }
+            })?;
+        Ok(Flusher { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // It only ever waits on the stop channel, now closed; a panic there has already
+            // been printed by the panic hook, and the watch goes on without it.
+            let _ = thread.join();
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap is a failed test
 mod tests {
@@ -115,9 +218,60 @@ mod tests {
             full_pass: full_pass.clone(),
             is_excluded: Arc::new(|_: &RelPath, _: bool| false),
             reported: Arc::default(),
+            touched: Arc::new(Mutex::new(Touched::new(RIPE, 4))),
             lagging: AtomicBool::new(false),
         };
         (bridge, tx, rx, full_pass)
+    }
+
+    const RIPE: Duration = Duration::from_millis(100);
+
+    fn tee(bridge: &Bridge) -> Tee {
+        Tee::new(PathBuf::from(ROOT), bridge.is_excluded.clone(), bridge.touched.clone())
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Hint>) -> Vec<Hint> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn names_no_batch_covered_are_sent_once_ripe() {
+        // `mv d/A d/M; mv d/B d/M`: the debouncer reports the second rename and a removal
+        // of M, never A.
+        let (bridge, _tx, mut rx, _) = bridge(64);
+        let tee = tee(&bridge);
+        for (kind, path) in [(FROM, "d/A"), (TO, "d/M"), (FROM, "d/B"), (TO, "d/M")] {
+            tee.see(&ev(kind, &[path]));
+        }
+        let merged = ev(BOTH, &["d/B", "d/M"]);
+        let now = std::time::Instant::now();
+        bridge.on_batch(Ok(vec![
+            notify_debouncer_full::DebouncedEvent::new(ev(RM_FILE, &["d/M"]), now),
+            notify_debouncer_full::DebouncedEvent::new(merged, now),
+        ]));
+        assert_eq!(received(&mut rx), vec![p("d/M", false), p("d", false), mv("d/B", "d/M")]);
+        bridge.flush_touched(std::time::Instant::now());
+        assert_eq!(received(&mut rx), vec![], "not ripe yet: the debouncer may still deliver");
+        bridge.flush_touched(std::time::Instant::now() + RIPE);
+        assert_eq!(received(&mut rx), vec![p("d/A", false), p("d", false)]);
+        bridge.flush_touched(std::time::Instant::now() + RIPE * 10);
+        assert_eq!(received(&mut rx), vec![], "each name once");
+    }
+
+    #[tokio::test]
+    async fn too_many_touched_names_become_one_full_pass() {
+        let (bridge, _tx, mut rx, _) = bridge(64);
+        let tee = tee(&bridge);
+        for i in 0..5 {
+            tee.see(&ev(FILE, &[&format!("f{i}")]));
+        }
+        bridge.flush_touched(std::time::Instant::now());
+        assert_eq!(received(&mut rx), vec![Hint::FullPass], "past the cap of 4");
+        tee.see(&ev(RM_FILE, &["g"]));
+        bridge.on_batch(Err(vec![notify::Error::generic("lost")]));
+        assert_eq!(received(&mut rx), vec![Hint::FullPass]);
+        bridge.flush_touched(std::time::Instant::now() + RIPE);
+        assert_eq!(received(&mut rx), vec![], "a full pass from a batch covers what came before");
     }
 
     fn debounced(kind: EventKind, path: &str) -> notify_debouncer_full::DebouncedEvent {

@@ -182,6 +182,65 @@ impl Hints<'_> {
     }
 }
 
+/// The names one *raw* event (before the debouncer) created, removed or renamed, each with
+/// whether the event took it away: what [`Touched`](super::touched::Touched) remembers in
+/// case the debouncer merges the event away. Pure: no I/O.
+///
+/// Only namespace changes count; data and attribute changes are never merged away from a
+/// name that still exists. An excluded or temporary name stands for its parent, whose mtime
+/// it moved. The root and paths outside it are left to the debounced event (a full pass).
+pub(super) fn touched_by(
+    event: &Event,
+    source_root: &Path,
+    is_excluded: &dyn Fn(&RelPath, bool) -> bool,
+) -> Vec<(RelPath, bool)> {
+    use ModifyKind::Name;
+    if event.need_rescan() {
+        return Vec::new();
+    }
+    let is_dir = match event.kind {
+        EventKind::Create(kind) => create_is_dir(kind),
+        EventKind::Remove(kind) => remove_is_dir(kind),
+        EventKind::Modify(Name(_)) => None,
+        _ => return Vec::new(),
+    };
+    let gone = |i: usize| match event.kind {
+        EventKind::Remove(_) | EventKind::Modify(Name(RenameMode::From)) => true,
+        // A paired rename: the first path is the old name.
+        EventKind::Modify(Name(RenameMode::Both)) => i == 0,
+        _ => false,
+    };
+    let rules = Hints { hints: Vec::new(), is_excluded };
+    let mut out = Vec::new();
+    for (i, path) in event.paths.iter().enumerate() {
+        let Some(path) = RelPath::under(source_root, path).filter(|p| !p.is_root()) else {
+            continue;
+        };
+        if !rules.skipped(&path, is_dir) {
+            out.push((path, gone(i)));
+        } else if let Some(parent) = path.parent().filter(|p| !rules.skipped(p, Some(true))) {
+            out.push((parent, false));
+        }
+    }
+    out
+}
+
+fn create_is_dir(kind: CreateKind) -> Option<bool> {
+    match kind {
+        CreateKind::File => Some(false),
+        CreateKind::Folder => Some(true),
+        _ => None,
+    }
+}
+
+fn remove_is_dir(kind: RemoveKind) -> Option<bool> {
+    match kind {
+        RemoveKind::File => Some(false),
+        RemoveKind::Folder => Some(true),
+        _ => None,
+    }
+}
+
 fn is_temp_name(path: &RelPath) -> bool {
     path.names().any(|name| name.as_encoded_bytes().starts_with(TEMP_PREFIX))
 }
@@ -192,6 +251,38 @@ mod tests {
     use super::*;
     use crate::watch::testing::*;
     use notify::event::Flag;
+
+    #[test]
+    fn raw_events_to_touched_names() {
+        let rescan = ev(FILE, &["a"]).set_flag(Flag::Rescan);
+        /// (case, raw event, the names it touched with whether it took them away)
+        type Case = (&'static str, Event, Vec<(&'static str, bool)>);
+        let cases: Vec<Case> = vec![
+            ("file created", ev(FILE, &["d/f"]), vec![("d/f", false)]),
+            ("dir created", ev(DIR, &["d"]), vec![("d", false)]),
+            ("file removed: gone", ev(RM_FILE, &["d/f"]), vec![("d/f", true)]),
+            ("dir removed: gone", ev(RM_DIR, &["d"]), vec![("d", true)]),
+            ("moved out: gone", ev(FROM, &["d/A"]), vec![("d/A", true)]),
+            ("moved in", ev(TO, &["d/M"]), vec![("d/M", false)]),
+            ("paired rename", ev(BOTH, &["d/A", "e/M"]), vec![("d/A", true), ("e/M", false)]),
+            ("written: not a namespace change", ev(DATA, &["d/f"]), vec![]),
+            ("chmod: not a namespace change", ev(ATTR, &["d/f"]), vec![]),
+            ("read", ev(OPEN, &["d/f"]), vec![]),
+            ("overflow", rescan, vec![]),
+            ("the root itself: left to the full pass", ev(RM_DIR, &[""]), vec![]),
+            ("outside the root", ev(FILE, &["/elsewhere/x"]), vec![]),
+            ("temp name: its parent", ev(RM_FILE, &["d/.replicad.tmp.7"]), vec![("d", false)]),
+            ("excluded file: its parent", ev(FILE, &["d/a.o"]), vec![("d", false)]),
+            ("excluded right under the root: the root", ev(FILE, &["a.o"]), vec![("", false)]),
+            ("inside an excluded dir: nothing", ev(RM_FILE, &["ign/x"]), vec![]),
+            ("dir-only pattern, file", ev(RM_FILE, &["build"]), vec![("build", true)]),
+            ("dir-only pattern, kind unknown: excluded", ev(FROM, &["build"]), vec![("", false)]),
+        ];
+        for (name, event, want) in cases {
+            let want: Vec<(RelPath, bool)> = want.into_iter().map(|(p, g)| (rp(p), g)).collect();
+            assert_eq!(touched_by(&event, Path::new(ROOT), &excluded), want, "{name}");
+        }
+    }
 
     #[test]
     fn events_to_hints() {

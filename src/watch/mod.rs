@@ -6,17 +6,26 @@
 //! |---|---|
 //! | `mod.rs` | [`Watch`] (starting and owning the debouncer), the [`NoAccess`] wrapper |
 //! | `hints.rs` | [`hints_from`]: debounced event → hints (pure) |
-//! | `bridge.rs` | the debouncer's handler: hints into the bounded channel, never blocking |
+//! | `touched.rs` | names raw events touched, until a batch covers them (pure) |
+//! | `bridge.rs` | notify's threads → the bounded channel, never blocking: the raw-event tee, the debouncer's handler, the flusher |
 //! | `errors.rs` | [`WatchError`] and its classification, each limit reported once |
+//!
+//! notify-debouncer-full merges events per path and can lose a name that left SOURCE (a
+//! rename whose target is renamed onto or removed again; a create and remove within one
+//! debounce). So the [`NoAccess`] wrapper, which sees every raw event first, also notes the
+//! names each one created, removed or renamed; a batch forgets the names it covers, and
+//! the rest are hinted once they have been quiet past the debounce (`touched.rs`).
 
 mod bridge;
 mod errors;
 mod hints;
 #[cfg(test)]
 mod testing;
+mod touched;
 
+use std::cell::Cell;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{Event, RecursiveMode, Watcher};
@@ -25,8 +34,9 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::queue::Hint;
 use crate::relpath::RelPath;
-use bridge::Bridge;
+use bridge::{Bridge, Flusher, Tee};
 use errors::Reported;
+use touched::Touched;
 
 pub use errors::{WatchError, WatchErrorKind, classify};
 pub use hints::hints_from;
@@ -36,7 +46,26 @@ pub use hints::hints_from;
 /// cannot panic on paths outside the root).
 pub type Excluder = Arc<dyn Fn(&RelPath, bool) -> bool + Send + Sync>;
 
-/// A watcher that drops every `Access` event before the debouncer stores it.
+/// At most this many touched names are remembered (about 100 B each); past it, one full
+/// pass. Batches cover names about a debounce after they were touched, so only a burst of
+/// this many creates, removes or renames within one debounce gets there.
+const TOUCHED_CAP: usize = 16_384;
+
+/// By `debounce + tick` after a name's last raw event, the debouncer has delivered (and so
+/// covered) it, unless it merged the event away; this much more is margin for its thread
+/// being late on a busy machine. A late batch costs one redundant look, not correctness.
+const SLACK: Duration = Duration::from_millis(25);
+
+thread_local! {
+    /// Hands the raw-event tee to the next [`NoAccess::new`] on this thread. notify's
+    /// `Watcher::new(handler, config)` has no room for it, and notify-debouncer-full builds
+    /// the watcher itself, synchronously, inside `new_debouncer_opt` on the calling thread;
+    /// [`Watch::start_with`] fills this slot just before that call and empties it after.
+    static NEXT_TEE: Cell<Option<Tee>> = const { Cell::new(None) };
+}
+
+/// A watcher that drops every `Access` event before the debouncer stores it, and shows
+/// every other raw event to the tee (if [`Watch::start_with`] handed it one) first.
 ///
 /// notify 8.2.2 always asks inotify for `IN_OPEN`, so replicad's own reads of SOURCE (every
 /// pass, every `--checksum` hash) would come back as events and could feed a loop; they
@@ -46,10 +75,18 @@ pub struct NoAccess<W = notify::RecommendedWatcher>(W);
 
 impl<W: Watcher> Watcher for NoAccess<W> {
     fn new<F: notify::EventHandler>(mut inner: F, config: notify::Config) -> notify::Result<Self> {
+        let tee = NEXT_TEE.take();
         let filter = move |event: notify::Result<Event>| {
-            if !matches!(&event, Ok(e) if e.kind.is_access()) {
-                inner.handle_event(event);
+            if let Ok(e) = &event {
+                if e.kind.is_access() {
+                    return;
+                }
+                // Before the debouncer: a batch that reports this event comes after it.
+                if let Some(tee) = &tee {
+                    tee.see(e);
+                }
             }
+            inner.handle_event(event);
         };
         W::new(filter, config).map(NoAccess)
     }
@@ -82,6 +119,7 @@ fn tick_for(debounce: Duration) -> Duration {
 /// tick) and gives the inotify watches back to the user's budget.
 pub struct Watch {
     _debouncer: Box<dyn std::any::Any + Send>,
+    _flusher: Flusher,
     /// The only strong sender the watcher holds: the channel lives as long as `Watch`.
     _hints: mpsc::Sender<Hint>,
     degraded: Option<WatchError>,
@@ -96,8 +134,10 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     /// Watches `source_root` (which must be canonical, so event paths strip cleanly)
     /// recursively without following symlinks, and sends [`Hint`]s into `hints`, each
-    /// `debounce` after its path went quiet. When `hints` is full, events are dropped and
-    /// `full_pass` is notified instead, so notify's thread never waits.
+    /// `debounce` after its path went quiet. A name whose events the debouncer merged away
+    /// (it left SOURCE, or came and went, within one debounce) is hinted on its own about a
+    /// tick and 25 ms later. When `hints` is full, events are dropped and `full_pass` is
+    /// notified instead, so notify's thread never waits.
     ///
     /// `Err` only when no watcher could be created at all (e.g. `TooManyInstances`): run on
     /// periodic passes. When the initial recursive watch fails part-way, `Ok` is returned
@@ -130,30 +170,36 @@ impl Watch {
         is_excluded: Excluder,
     ) -> Result<Watch, WatchError> {
         let debounce = debounce.max(Duration::from_millis(1));
+        let tick = tick_for(debounce);
         let reported = Arc::new(Reported::default());
-        let bridge = Bridge::new(
-            source_root.to_path_buf(),
-            &hints,
-            full_pass,
-            is_excluded,
-            reported.clone(),
-        );
+        let root = source_root.to_path_buf();
+        let touched = Arc::new(Mutex::new(Touched::new(debounce + tick + SLACK, TOUCHED_CAP)));
+        let tee = Tee::new(root.clone(), is_excluded.clone(), touched.clone());
+        let bridge =
+            Arc::new(Bridge::new(root, &hints, full_pass, is_excluded, reported.clone(), touched));
+        let handler = bridge.clone();
         let config = notify::Config::default().with_follow_symlinks(false);
-        let mut debouncer = new_debouncer_opt::<_, NoAccess<W>, RecommendedCache>(
+        NEXT_TEE.set(Some(tee));
+        let debouncer = new_debouncer_opt::<_, NoAccess<W>, RecommendedCache>(
             debounce,
-            Some(tick_for(debounce)),
-            move |batch: DebounceEventResult| bridge.on_batch(batch),
+            Some(tick),
+            move |batch: DebounceEventResult| handler.on_batch(batch),
             RecommendedCache::new(),
             config,
-        )
-        .map_err(|e| WatchError::from_notify(&e))?;
+        );
+        NEXT_TEE.set(None); // unused if the debouncer failed before building its watcher
+        let mut debouncer = debouncer.map_err(|e| WatchError::from_notify(&e))?;
+        let flusher = Flusher::start(bridge, tick).map_err(|e| WatchError::Failed {
+            path: None,
+            reason: format!("cannot start the watcher's thread: {e}"),
+        })?;
         let degraded = debouncer.watch(source_root, RecursiveMode::Recursive).err().map(|e| {
             let err = WatchError::from_notify(&e);
             // The caller reports this one; the handler must not repeat it.
             reported.first(err.kind());
             err
         });
-        Ok(Watch { _debouncer: Box::new(debouncer), _hints: hints, degraded })
+        Ok(Watch { _debouncer: Box::new(debouncer), _flusher: flusher, _hints: hints, degraded })
     }
 
     /// Why the initial watch is incomplete, if it is: the caller logs it once and relies on
@@ -320,6 +366,32 @@ mod tests {
         assert!(cat.status.success());
         let _ = std::fs::read_dir(root.join("d")).unwrap().count();
         assert_eq!(drain(&mut rx).await, vec![], "reads must not come back as hints");
+    }
+
+    #[tokio::test]
+    async fn real_watcher_hints_names_the_debouncer_merges_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for name in ["a", "b", "c"] {
+            std::fs::write(root.join(name), name).unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(1024);
+        let no_excludes: Excluder = Arc::new(|_: &RelPath, _: bool| false);
+        let _watch = Watch::start(&root, DEBOUNCE, tx, Arc::new(Notify::new()), no_excludes);
+
+        // Within one debounce: `mv a m; mv b m`, `mv c x; rm x`, a lock file's life.
+        std::fs::rename(root.join("a"), root.join("m")).unwrap();
+        std::fs::rename(root.join("b"), root.join("m")).unwrap();
+        std::fs::rename(root.join("c"), root.join("x")).unwrap();
+        std::fs::remove_file(root.join("x")).unwrap();
+        std::fs::write(root.join(".lock"), b"1").unwrap();
+        std::fs::remove_file(root.join(".lock")).unwrap();
+        let mut seen = wait_for(&mut rx, |h| *h == p(".lock", false)).await;
+        seen.extend(drain(&mut rx).await);
+        for lost in ["a", "c", ".lock"] {
+            assert!(seen.contains(&p(lost, false)), "no hint for {lost}: {seen:?}");
+        }
+        assert!(!seen.contains(&Hint::FullPass), "{seen:?}");
     }
 
     /// The real watch limit, lowered to 5 inside an unprivileged user namespace (NOTES
