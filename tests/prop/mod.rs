@@ -1,7 +1,8 @@
 //! Property test: random sequences of operations on SOURCE (create, modify, delete, rename,
 //! chmod, touch, type change) over a tiny namespace (names `a`, `b`, `c`, depth ≤ 3), each
 //! round followed by `replicad --once` and the oracle. The replica persists across rounds
-//! of a case, so incremental passes are exercised as well as first copies.
+//! of a case, so incremental passes are exercised as well as first copies. The event-path
+//! property (`events`) applies the same operations, and more, to a running service.
 //!
 //! Every mtime the test sets is unique within a case, so "same size and same mtime but
 //! different bytes" — which replicad deliberately does not look for without `--checksum` —
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use crate::support::{Kind, Tree, compare};
+
+mod events;
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
 const MODES: [u32; 7] = [0o644, 0o600, 0o755, 0o700, 0o4755, 0o1777, 0o000];
