@@ -287,7 +287,11 @@ mod tests {
             }
             rest
         });
-        assert_eq!(rest.await.unwrap(), vec![p("", false)], "the channel closes with the watch");
+        let rest = rest.await.expect("the channel closes with the watch");
+        // The parent's hint; and, only if the debouncer's thread ran late, the touched name
+        // once more (a redundant look, never a wrong one).
+        assert_eq!(rest.first(), Some(&p("", false)), "{rest:?}");
+        assert!(rest.iter().all(|h| [p("", false), p("seen.txt", false)].contains(h)), "{rest:?}");
     }
 
     // ---- the real watcher on a temporary directory ----
