@@ -7,7 +7,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`service`] | the only place that spawns: watcher, passes, queue workers, signals, systemd |
-//! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s |
+//! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s (a module dir: hints, bridge, errors) |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
 //! | [`reconcile`] | the engine: `decide` (pure) then `apply`, over an explicit work list |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |

@@ -8,7 +8,10 @@
 //! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
 //! - `logs`: hostile names cannot forge log fields (logfmt and JSON parsed back).
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
-//! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
+//! - `prop`: random operation sequences on SOURCE, a pass (or the running service's events),
+//!   then the oracle.
+//! - `removals`: the event path must remove every name that left SOURCE, whatever the
+//!   debouncer merged away.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
 //! - `attack`: a stranger writing into REPLICA races replicad; nothing outside REPLICA changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
@@ -22,4 +25,5 @@ mod faults;
 mod logs;
 mod once;
 mod prop;
+mod removals;
 mod service;

@@ -1,7 +1,8 @@
 //! Property test: random sequences of operations on SOURCE (create, modify, delete, rename,
 //! chmod, touch, type change) over a tiny namespace (names `a`, `b`, `c`, depth ≤ 3), each
 //! round followed by `replicad --once` and the oracle. The replica persists across rounds
-//! of a case, so incremental passes are exercised as well as first copies.
+//! of a case, so incremental passes are exercised as well as first copies. The event-path
+//! property (`events`) applies the same operations, and more, to a running service.
 //!
 //! Every mtime the test sets is unique within a case, so "same size and same mtime but
 //! different bytes" — which replicad deliberately does not look for without `--checksum` —
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 
 use crate::support::{Kind, Tree, compare};
+
+mod events;
 
 const NAMES: [&str; 3] = ["a", "b", "c"];
 const MODES: [u32; 7] = [0o644, 0o600, 0o755, 0o700, 0o4755, 0o1777, 0o000];
@@ -69,12 +72,26 @@ impl Applier<'_> {
         self.t.mtime(rel, 1_000_000_000 + self.clock * 1000, nanos % 1_000_000_000);
     }
 
+    /// The type of the entry at `rel`, reached without following a symlink on the way
+    /// (`None` if a component above it is not a directory): the operations act on
+    /// SOURCE's own entries, never on whatever a link in SOURCE points to.
+    fn kind(&self, rel: &Path) -> Option<Kind> {
+        let mut acc = PathBuf::new();
+        for name in rel.parent().into_iter().flat_map(Path::iter) {
+            acc.push(name);
+            if self.t.kind(&acc) != Some(Kind::Dir) {
+                return None;
+            }
+        }
+        self.t.kind(rel)
+    }
+
     fn make_parents(&self, rel: &Path) {
         let mut acc = PathBuf::new();
         let parents: Vec<_> = rel.parent().map(|p| p.iter().collect()).unwrap_or_default();
         for name in parents {
             acc.push(name);
-            match self.t.kind(&acc) {
+            match self.kind(&acc) {
                 Some(Kind::Dir) => {}
                 Some(_) => {
                     self.t.remove(&acc).dir(&acc);
@@ -89,7 +106,7 @@ impl Applier<'_> {
     /// Makes room for a new entry of kind `kind` at `rel`; false if one is already there.
     fn clear_for(&self, rel: &Path, kind: Kind) -> bool {
         self.make_parents(rel);
-        match self.t.kind(rel) {
+        match self.kind(rel) {
             Some(k) if k == kind => false,
             Some(_) => {
                 self.t.remove(rel);
@@ -109,7 +126,7 @@ impl Applier<'_> {
             }
             Op::Edit(p) => {
                 let r = rel(p);
-                if self.t.kind(&r) == Some(Kind::File) {
+                if self.kind(&r) == Some(Kind::File) {
                     let mut content = self.t.read(&r);
                     content.iter_mut().for_each(|b| *b = !*b);
                     self.t.file(&r, &content);
@@ -124,7 +141,7 @@ impl Applier<'_> {
             }
             Op::Symlink(p, target) => {
                 let r = rel(p);
-                if self.t.kind(&r).is_some() {
+                if self.kind(&r).is_some() {
                     self.t.remove(&r);
                 }
                 self.make_parents(&r);
@@ -138,33 +155,33 @@ impl Applier<'_> {
             }
             Op::Remove(p) => {
                 let r = rel(p);
-                if self.t.kind(&r).is_some() {
+                if self.kind(&r).is_some() {
                     self.t.remove(&r);
                 }
             }
             Op::Rename(from, to) => {
                 let (f, d) = (rel(from), rel(to));
-                if self.t.kind(&f).is_none() || d.starts_with(&f) || f.starts_with(&d) {
+                if self.kind(&f).is_none() || d.starts_with(&f) || f.starts_with(&d) {
                     return;
                 }
                 self.make_parents(&d);
-                if self.t.kind(&f).is_none() {
+                if self.kind(&f).is_none() {
                     return; // making room for `to` removed `from`'s ancestor
                 }
-                if self.t.kind(&d).is_some() {
+                if self.kind(&d).is_some() {
                     self.t.remove(&d);
                 }
                 self.t.rename(&f, &d);
             }
             Op::Chmod(p, mode) => {
                 let r = rel(p);
-                if matches!(self.t.kind(&r), Some(k) if k != Kind::Symlink) {
+                if matches!(self.kind(&r), Some(k) if k != Kind::Symlink) {
                     self.t.chmod(&r, *mode);
                 }
             }
             Op::Touch(p, nanos) => {
                 let r = rel(p);
-                if self.t.kind(&r).is_some() {
+                if self.kind(&r).is_some() {
                     self.tick(&r, *nanos);
                 }
             }
