@@ -162,7 +162,8 @@ struct Pending {
 /// non-recursive path waits for pending work below it, so a directory's attributes are
 /// fixed after its children have changed it; transient failures are retried with backoff.
 ///
-/// Memory is bounded by the number of distinct paths reported by events.
+/// Memory is bounded: past `cap` pending items (a burst while a long pass holds the
+/// queue back), everything pending folds into one full pass, which covers it all.
 #[derive(Debug)]
 pub struct PendingSet {
     items: HashMap<u64, Pending>,
@@ -177,7 +178,13 @@ pub struct PendingSet {
     full_pass: bool,
     next_seq: u64,
     retry: RetryPolicy,
+    cap: usize,
+    /// Times the set was folded into a full pass (the shell logs each).
+    folded: u64,
 }
+
+/// Pending items kept before they fold into one full pass: about 100 B each, so a few MB.
+pub const PENDING_CAP: usize = 50_000;
 
 impl Default for PendingSet {
     fn default() -> Self {
@@ -197,7 +204,20 @@ impl PendingSet {
             full_pass: false,
             next_seq: 0,
             retry,
+            cap: PENDING_CAP,
+            folded: 0,
         }
+    }
+
+    /// The same set with another cap (tests).
+    pub fn with_cap(mut self, cap: usize) -> Self {
+        self.cap = cap;
+        self
+    }
+
+    /// How often the set has folded into a full pass so far.
+    pub fn folded(&self) -> u64 {
+        self.folded
     }
 
     /// Adds a hint, due at `now` (the debouncer already waited for quiet).
@@ -207,6 +227,20 @@ impl PendingSet {
             Hint::Path { path, recursive } => self.add_path(path, recursive, now, 0),
             Hint::Rename { from, to } => self.add_rename(from, to, now, 0),
         }
+        if self.items.len() > self.cap {
+            self.fold_into_full_pass();
+        }
+    }
+
+    /// Drops everything pending (work in flight finishes) and asks for a full pass, which
+    /// reconciles all of it and more.
+    fn fold_into_full_pass(&mut self) {
+        self.items = HashMap::new();
+        self.order = BTreeSet::new();
+        self.paths = BTreeMap::new();
+        self.renames = HashMap::new();
+        self.full_pass = true;
+        self.folded += 1;
     }
 
     /// True once if a full pass was asked for since the last call; clears the flag.
@@ -437,8 +471,12 @@ pub async fn run_queue<F, Fut>(
                         let Ok(hint) = hints.try_recv() else { break };
                         shell.set.push(hint, Instant::now());
                     }
+                    let folded = shell.set.folded();
                     if shell.set.take_full_pass() {
                         full_pass.notify_one();
+                    }
+                    if shell.set.folded() != folded {
+                        tracing::info!(cap = PENDING_CAP, "too many pending changes at once: one full pass covers them instead");
                     }
                 }
                 None => hints_open = false,
@@ -516,6 +554,26 @@ mod tests {
 
     fn rp(s: &str) -> RelPath {
         RelPath::new(Path::new(s)).unwrap()
+    }
+
+    #[test]
+    fn past_the_cap_everything_pending_folds_into_one_full_pass() {
+        // See: issue "Trust (2/3)" item 10
+        let now = Instant::now();
+        let mut set = PendingSet::default().with_cap(3);
+        set.push(Hint::Path { path: rp("busy"), recursive: false }, now);
+        let in_flight = set.pop_ready(now).unwrap();
+        for name in ["a", "b", "c"] {
+            set.push(Hint::Path { path: rp(name), recursive: false }, now);
+        }
+        assert_eq!((set.len(), set.folded()), (3, 0));
+        assert!(!set.take_full_pass());
+        set.push(Hint::Path { path: rp("d"), recursive: false }, now);
+        assert_eq!((set.len(), set.folded()), (0, 1), "folded at the fourth");
+        assert!(set.take_full_pass());
+        assert!(set.pop_ready(now).is_none());
+        // The work in flight is still known and finishes normally.
+        assert_eq!(set.finish(&in_flight, Outcome::Success, now), Finished::Done);
     }
     fn hp(s: &str) -> Hint {
         Hint::Path { path: rp(s), recursive: false }

@@ -308,8 +308,16 @@ mod tests {
 
     #[test]
     fn bridge_is_silent_once_the_watch_is_gone() {
-        let (bridge, tx, rx, _) = bridge(8);
+        // The service dropped its end (shutdown): a late batch, even an error batch, asks
+        // for no full pass and does not panic.
+        let (bridge, tx, rx, full_pass) = bridge(8);
         drop((tx, rx));
         bridge.on_batch(Ok(vec![debounced(DATA, "f")]));
+        bridge.on_batch(Err(vec![notify::Error::generic("late")]));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let asked = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_millis(20), full_pass.notified()).await.is_ok()
+        });
+        assert!(!asked, "a full pass was requested after the watch was gone");
     }
 }
