@@ -65,6 +65,10 @@ pub enum EntryErrorKind {
     /// The source file changed while it was being copied; the copy was discarded.
     #[error("source changed while being copied (retry later)")]
     ChangedDuringCopy,
+    /// The SOURCE entry vanished (or became another type) between listing and acting:
+    /// SOURCE is changing under the pass, like rsync's "file has vanished".
+    #[error("vanished from the source while being mirrored ({0})")]
+    Vanished(io::Error),
     /// `--verify`: the replica's MD5 did not match the source's.
     #[error("MD5 mismatch after copy (source {source_md5}, replica {replica_md5})")]
     VerifyMismatch {
@@ -119,6 +123,24 @@ impl EntryError {
     /// An entry error of another kind.
     pub fn new(op: Op, path: &RelPath, kind: EntryErrorKind) -> Self {
         EntryError { op, path: path.clone(), kind }
+    }
+
+    /// An OS error on the SOURCE side: an entry that is no longer there (ENOENT), or no
+    /// longer a directory (ENOTDIR), vanished while the pass worked; anything else is an
+    /// error of the entry.
+    pub fn source(op: Op, path: &RelPath, err: impl Into<io::Error>) -> Self {
+        let err = err.into();
+        let kind = match err.raw_os_error() {
+            Some(libc::ENOENT | libc::ENOTDIR) => EntryErrorKind::Vanished(err),
+            _ => EntryErrorKind::Io(err),
+        };
+        EntryError { op, path: path.clone(), kind }
+    }
+
+    /// A race with a changing SOURCE, not a failure: logged as a warning, counted apart,
+    /// and the pass is still "in sync as far as SOURCE held still" (exit 24, rsync's code).
+    pub fn is_benign(&self) -> bool {
+        matches!(self.kind, EntryErrorKind::Vanished(_) | EntryErrorKind::ChangedDuringCopy)
     }
 
     /// The raw OS error number, if this came from the OS.

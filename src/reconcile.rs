@@ -135,6 +135,8 @@ pub struct Counts {
     pub errors: u64,
     /// Entries skipped with a warning (sockets, devices without CAP_MKNOD).
     pub skipped: u64,
+    /// SOURCE entries that vanished or changed while being mirrored (warnings).
+    pub vanished: u64,
     /// Bytes copied.
     pub bytes: u64,
 }
@@ -155,6 +157,7 @@ impl Counts {
         self.remove += o.remove;
         self.errors += o.errors;
         self.skipped += o.skipped;
+        self.vanished += o.vanished;
         self.bytes += o.bytes;
     }
 }
@@ -175,8 +178,9 @@ pub struct PassReport {
 }
 
 impl PassReport {
-    /// The `--once` exit status: 0 in sync, 23 when some entries failed, 1 when a guard
-    /// refused the pass, 20 when SIGINT/SIGTERM stopped it (rsync's code for that).
+    /// The `--once` exit status: 0 in sync, 23 when some entries failed, 24 when the only
+    /// trouble was SOURCE entries vanishing or changing under the pass, 1 when a guard
+    /// refused the pass, 20 when SIGINT/SIGTERM stopped it (rsync's codes).
     pub fn exit_status(&self) -> u8 {
         if self.guard.is_some() {
             1
@@ -184,6 +188,8 @@ impl PassReport {
             20
         } else if self.counts.errors > 0 {
             23
+        } else if self.counts.vanished > 0 {
+            24
         } else {
             0
         }
@@ -212,6 +218,7 @@ impl PassReport {
             remove = c.remove,
             errors = c.errors,
             skipped = c.skipped,
+            vanished = c.vanished,
             bytes = c.bytes,
             dry_run,
             "pass complete"
@@ -230,6 +237,7 @@ struct Counters {
     remove: AtomicU64,
     errors: AtomicU64,
     skipped: AtomicU64,
+    vanished: AtomicU64,
     bytes: AtomicU64,
     transient: AtomicBool,
 }
@@ -251,6 +259,7 @@ impl Counters {
             remove: get(&self.remove),
             errors: get(&self.errors),
             skipped: get(&self.skipped),
+            vanished: get(&self.vanished),
             bytes: get(&self.bytes),
         }
     }
@@ -826,7 +835,8 @@ impl Engine {
         counters: &Counters,
     ) -> Result<(OwnedFd, Option<OwnedFd>, bool), EntryError> {
         let fail = |op, e| EntryError::io(op, &rel.rel(), e);
-        let src_fd = ops::open_dir_at(src_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
+        let src_fd = ops::open_dir_at(src_parent, name)
+            .map_err(|e| EntryError::source(Op::OpenDir, &rel.rel(), e))?;
         let dst_parent = parent.and_then(|p| p.dst_fd.as_ref());
         if let Some(existing) = dst.filter(|d| d.kind != Kind::Dir) {
             self.make_way(dst_parent, name, &rel.rel(), existing, counters)?;
@@ -870,7 +880,7 @@ impl Engine {
         counters: &'s Counters,
     ) -> Result<(), EntryError> {
         let mut src_names =
-            ops::list_dir(&src_fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?;
+            ops::list_dir(&src_fd).map_err(|e| EntryError::source(Op::List, &node.rel(), e))?;
         let mut dst_names = match &node.dst_fd {
             Some(fd) => ops::list_dir(fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?,
             None => Vec::new(),
@@ -1185,7 +1195,11 @@ impl Engine {
             return Ok(true);
         };
         if dst.kind != Kind::Dir {
-            ops::remove_file(dir, name).map_err(|e| EntryError::io(Op::Remove, rel, e))?;
+            match ops::remove_file(dir, name) {
+                // Already gone (someone else removed it): what this removal wanted.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+                other => other.map_err(|e| EntryError::io(Op::Remove, rel, e))?,
+            }
             info!(action = %"remove", path = %rel, kind = %dst.kind.name());
             Counters::bump(&counters.remove, 1);
             return Ok(true);
@@ -1271,8 +1285,14 @@ impl Engine {
             }
             Kind::Symlink => {
                 if let Some(dir) = dst_dir {
-                    let target = ops::read_link_at(src_dir, name)
-                        .map_err(|e| EntryError::io(Op::Read, rel, e))?;
+                    // EINVAL: no longer a symlink; ENOENT: gone. Either way SOURCE moved on.
+                    let target =
+                        ops::read_link_at(src_dir, name).map_err(|e| match e.raw_os_error() {
+                            Some(libc::EINVAL) => {
+                                EntryError::new(Op::Read, rel, EntryErrorKind::Vanished(e))
+                            }
+                            _ => EntryError::source(Op::Read, rel, e),
+                        })?;
                     ops::make_symlink(
                         dir.as_fd(),
                         name,
@@ -1384,9 +1404,8 @@ impl Engine {
         let md5 = |fd: OwnedFd, entry: &Entry| cache.md5(&fd, entry, &cancelled);
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         let a = rustix::fs::openat(src_dir, name, flags, Mode::empty())
-            .map_err(io::Error::from)
-            .and_then(|fd| md5(fd, src))
-            .map_err(|e| EntryError::io(Op::Read, rel, e))?;
+            .map_err(|e| EntryError::source(Op::Read, rel, e))
+            .and_then(|fd| md5(fd, src).map_err(|e| EntryError::io(Op::Read, rel, e)))?;
         // The replica side is opened only once it is known to be the file decided on (a
         // device node renamed onto the name must not even be opened).
         let b = ops::open_pinned_for_reading(dst_dir.as_fd(), name, Expect::Same(dst))
@@ -1412,6 +1431,10 @@ impl Engine {
     fn record(&self, counters: &Counters, e: EntryError) {
         if e.is_cancelled() {
             return;
+        }
+        if e.is_benign() {
+            warn!(op = %e.op, path = %e.path, error = %e.kind, "source changed under the pass; the next look mirrors it");
+            return Counters::bump(&counters.vanished, 1);
         }
         error!(op = %e.op, path = %e.path, error = %e.kind, "cannot mirror entry");
         Counters::bump(&counters.errors, 1);
@@ -1752,6 +1775,11 @@ mod tests {
         assert_eq!(report.exit_status(), 0);
         report.counts.errors = 1;
         assert_eq!(report.exit_status(), 23);
+        report.counts.errors = 0;
+        report.counts.vanished = 1;
+        assert_eq!(report.exit_status(), 24);
+        report.counts.errors = 1;
+        assert_eq!(report.exit_status(), 23, "a real error outweighs a vanished entry");
         report.cancelled = true;
         assert_eq!(report.exit_status(), 20);
         report.guard = Some(GuardTrip::SourceEmpty);

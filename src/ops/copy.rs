@@ -80,7 +80,10 @@ pub fn copy_file(
     name: &CStr,
     ctx: &CopyContext<'_>,
 ) -> Result<u64, EntryErrorKind> {
-    let src = open_source_file(src_dir, name)?;
+    let src = open_source_file(src_dir, name).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) => EntryErrorKind::Vanished(e),
+        _ => EntryErrorKind::Io(e),
+    })?;
     let before = Entry::stat_fd(&src)?;
     if before.kind != Kind::File {
         return Err(EntryErrorKind::ChangedDuringCopy);

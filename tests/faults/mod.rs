@@ -333,3 +333,63 @@ fn sibling_events_under_a_missing_replica_directory_do_not_race() {
         svc.log().lines().filter(|l| l.contains("ERROR")).map(String::from).collect();
     assert!(errors.is_empty(), "sibling works raced:\n{}", errors.join("\n"));
 }
+
+// ---- SOURCE changing under a pass -----------------------------------------------------------
+
+#[test]
+fn entries_vanishing_under_a_pass_are_warnings_with_exit_24_never_errors() {
+    // See: issue "Trust (3/3)" item 3 (rsync: "file has vanished", exit 24)
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = Tree::new();
+    for d in 0..20 {
+        for f in 0..50 {
+            t.file(format!("d{d}/f{f}"), vec![b'x'; 4096]);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (src, stop) = (t.src().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                for d in 0..20 {
+                    for f in 0..50 {
+                        let p = src.join(format!("d{d}/f{f}"));
+                        // Remove and put back: listed names keep vanishing and returning.
+                        let _ = fs::remove_file(&p);
+                        if round % 2 == 0 {
+                            let _ = fs::write(&p, b"back");
+                        }
+                    }
+                    if round % 3 == 0 {
+                        let _ = fs::remove_dir_all(src.join(format!("d{d}")));
+                        let _ = fs::create_dir(src.join(format!("d{d}")));
+                    }
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut runs, mut vanished_runs) = (0, 0);
+    while Instant::now() < deadline && (runs < 10 || vanished_runs == 0) {
+        let run = t.once(&["--allow-empty-source"]);
+        runs += 1;
+        assert!(matches!(run.code, Some(0) | Some(24)), "run {runs}: a race was an error:\n{run}");
+        assert!(run.lines_with("ERROR").is_empty(), "run {runs}: ERROR lines:\n{run}");
+        if run.code == Some(24) {
+            vanished_runs += 1;
+            assert!(!run.lines_with("source changed under the pass").is_empty(), "{run}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    churn.join().unwrap();
+    assert!(
+        vanished_runs > 0,
+        "no run met a vanishing entry in {runs} runs: the test proved nothing"
+    );
+    let last = t.once(&["--allow-empty-source"]);
+    last.assert_code(0);
+    assert_same(t.src(), t.dst());
+}
