@@ -359,11 +359,11 @@ fn entries_vanishing_under_a_pass_are_warnings_with_exit_24_never_errors() {
                         let p = src.join(format!("d{d}/f{f}"));
                         // Remove and put back: listed names keep vanishing and returning.
                         let _ = fs::remove_file(&p);
-                        if round % 2 == 0 {
+                        if round.is_multiple_of(2) {
                             let _ = fs::write(&p, b"back");
                         }
                     }
-                    if round % 3 == 0 {
+                    if round.is_multiple_of(3) {
                         let _ = fs::remove_dir_all(src.join(format!("d{d}")));
                         let _ = fs::create_dir(src.join(format!("d{d}")));
                     }
