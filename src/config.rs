@@ -55,6 +55,8 @@ pub struct Config {
     /// (device, inode) of files replicad writes itself (the log file): never mirrored and
     /// never removed, wherever a mount makes them appear.
     pub own_files: Vec<(u64, u64)>,
+    /// REPLICA did not exist: this run creates it (or, in a dry run, would).
+    pub replica_created: bool,
 }
 
 impl Config {
@@ -70,7 +72,8 @@ impl Config {
         let log_file = args.log_file.as_deref().map(open_log_file).transpose()?;
         let own_files =
             log_file.iter().filter_map(|f| f.metadata().ok()).map(|m| (m.dev(), m.ino())).collect();
-        if !args.dry_run && !replica.exists() {
+        let replica_created = !replica.exists();
+        if !args.dry_run && replica_created {
             fs::create_dir_all(&replica).map_err(|e| Fatal::Replica {
                 path: args.replica.clone(),
                 reason: format!("cannot create it: {e}"),
@@ -99,6 +102,7 @@ impl Config {
             excludes,
             chown: may_chown(),
             own_files,
+            replica_created,
         })
     }
 }

@@ -306,6 +306,9 @@ pub struct Engine {
     boundaries_warned: Mutex<HashSet<RelPath>>,
     /// (device, inode) of files this process writes (its log): never mirrored or removed.
     own_files: Vec<(u64, u64)>,
+    /// REPLICA's root was made by this run (a dry run: would be): the first pass says
+    /// `create` for it, not `attrs`.
+    fresh_replica: AtomicBool,
 }
 
 impl Engine {
@@ -348,6 +351,7 @@ impl Engine {
             flushing: AtomicBool::new(false),
             boundaries_warned: Mutex::new(HashSet::new()),
             own_files: config.own_files.clone(),
+            fresh_replica: AtomicBool::new(config.replica_created),
         })
     }
 
@@ -491,7 +495,13 @@ impl Engine {
             }
         };
         let replica_fs = roots.dst.as_ref().map(dup);
-        let job = DirJob { src, dst, open: Opening::Root(roots.src, roots.dst), parent: None };
+        let fresh = self.fresh_replica.swap(false, Ordering::Relaxed);
+        if fresh {
+            info!(action = %"create", path = %root, kind = %"dir");
+            Counters::bump(&counters.create, 1);
+        }
+        let open = Opening::Root { src: roots.src, dst: roots.dst, fresh };
+        let job = DirJob { src, dst, open, parent: None };
         self.run_work(Work::Dir(job), counters);
         let changed = counters.snapshot().changes() > 0;
         // A stop does not wait for the flush (it can take minutes on a slow disk); the
@@ -784,8 +794,8 @@ impl Engine {
     fn run_dir<'s>(&'s self, job: DirJob, scope: &rayon::Scope<'s>, counters: &'s Counters) {
         let DirJob { src, dst, open, parent } = job;
         let (place, opened) = match open {
-            Opening::Root(src_fd, dst_fd) => {
-                (Place::Top(RelPath::root()), Ok((src_fd, dst_fd, false)))
+            Opening::Root { src, dst, fresh } => {
+                (Place::Top(RelPath::root()), Ok((src, dst, fresh)))
             }
             Opening::Child { src_parent, name } => {
                 let rel = || child_rel(parent.as_deref(), &name);
@@ -1136,8 +1146,11 @@ impl Engine {
                 if let Some(dst) = dst.as_ref().filter(|d| d.kind == Kind::Dir) {
                     self.make_way(dst_dir, name, rel, dst, counters)?;
                 }
-                let update = dst.is_some() && src.kind == Kind::File;
-                self.create_entry(src_dir, dst_dir, name, rel, src, dst.as_ref(), update, counters)
+                let update =
+                    src.kind == Kind::File && dst.as_ref().is_some_and(|d| d.kind == Kind::File);
+                // A directory there was removed (and logged) just above.
+                let dst = dst.as_ref().filter(|d| d.kind != Kind::Dir);
+                self.create_entry(src_dir, dst_dir, name, rel, src, dst, update, counters)
             }
             (Action::Update, Some(src), dst) => {
                 self.create_entry(src_dir, dst_dir, name, rel, src, dst.as_ref(), true, counters)
@@ -1189,11 +1202,17 @@ impl Engine {
         dst: &Entry,
         counters: &Counters,
     ) -> Result<bool, EntryError> {
-        let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) else {
+        let Some(dir) = dst_dir else {
+            // A dry run below a directory it would create: nothing there to look at.
             info!(action = %"remove", path = %rel, kind = %dst.kind.name());
             Counters::bump(&counters.remove, 1);
             return Ok(true);
         };
+        if dst.kind != Kind::Dir && self.opts.dry_run {
+            info!(action = %"remove", path = %rel, kind = %dst.kind.name());
+            Counters::bump(&counters.remove, 1);
+            return Ok(true);
+        }
         if dst.kind != Kind::Dir {
             match ops::remove_file(dir, name) {
                 // Already gone (someone else removed it): what this removal wanted.
@@ -1214,6 +1233,7 @@ impl Engine {
             boundary: &|e: &Entry| e.mount_root || self.untouchable(e),
             own: &|dev, ino| self.own_files.contains(&(dev, ino)),
             stop: &stop,
+            dry_run: self.opts.dry_run,
         };
         debug!(path = %rel, "removing a directory tree");
         let removed = ops::remove_tree(dir.as_fd(), name, rel, &rules)
@@ -1254,7 +1274,9 @@ impl Engine {
 
     /// Creates (or replaces with) the non-directory `src`: a file copy, a symlink, a FIFO
     /// or a device node. `dst` is what REPLICA has there (never a directory by now);
-    /// `update` says a file's content is being replaced.
+    /// `update` says a file's content is being replaced. A type change (a FIFO replaced by
+    /// a file, say) is logged as the old entry's `remove` plus the new one's `copy` or
+    /// `create`, once the atomic replacement happened.
     #[allow(clippy::too_many_arguments)]
     fn create_entry(
         &self,
@@ -1268,12 +1290,19 @@ impl Engine {
         counters: &Counters,
     ) -> Result<(), EntryError> {
         let dst_dir = dst_dir.filter(|_| !self.opts.dry_run);
+        let replaced = || {
+            if let Some(old) = dst.filter(|d| d.kind != src.kind) {
+                info!(action = %"remove", path = %rel, kind = %old.kind.name());
+                Counters::bump(&counters.remove, 1);
+            }
+        };
         match src.kind {
             Kind::File => {
                 let size = match dst_dir {
                     Some(dir) => self.copy_with_retries(src_dir, dir, name, rel, counters)?,
                     None => src.size,
                 };
+                replaced();
                 if update {
                     info!(action = %"update", path = %rel, size);
                     Counters::bump(&counters.update, 1);
@@ -1303,6 +1332,7 @@ impl Engine {
                     )
                     .map_err(|e| EntryError::io(Op::Create, rel, e))?;
                 }
+                replaced();
                 info!(action = %"create", path = %rel, kind = %"symlink");
                 Counters::bump(&counters.create, 1);
             }
@@ -1328,6 +1358,7 @@ impl Engine {
                         other => other.map_err(|e| EntryError::io(Op::Create, rel, e))?,
                     }
                 }
+                replaced();
                 info!(action = %"create", path = %rel, kind = %src.kind.name());
                 Counters::bump(&counters.create, 1);
             }
@@ -1456,8 +1487,9 @@ enum Work {
 
 /// How a directory job gets its descriptors.
 enum Opening {
-    /// Already open (the roots). The replica side may be absent in a dry run.
-    Root(OwnedFd, Option<OwnedFd>),
+    /// Already open (the roots). The replica side may be absent in a dry run; `fresh`:
+    /// REPLICA's root was made by this run.
+    Root { src: OwnedFd, dst: Option<OwnedFd>, fresh: bool },
     /// The directory `name`, opened from the parent's SOURCE descriptor (held only until
     /// the child is open, so descriptors stay proportional to depth, not to width).
     Child { src_parent: Arc<OwnedFd>, name: CString },

@@ -32,6 +32,8 @@ pub struct Removal<'a> {
     pub stop: &'a dyn Fn() -> bool,
     /// Files never removed, by (device, inode): the process's own (its log file).
     pub own: &'a dyn Fn(u64, u64) -> bool,
+    /// Count what would go, remove nothing (`--dry-run`: the same walk, the same counts).
+    pub dry_run: bool,
 }
 
 /// What a removal did.
@@ -98,7 +100,9 @@ pub fn remove_tree(
         }
         let is_top = parent.is_none();
         let parent_fd = parent.map_or(dirfd, |f| f.fd.as_fd());
-        unlink_dir(parent_fd, &finished.name)?;
+        if !rules.dry_run {
+            unlink_dir(parent_fd, &finished.name)?;
+        }
         if !is_top {
             done.entries += 1;
         }
@@ -116,7 +120,7 @@ fn enter(
     done: &mut Removed,
 ) -> io::Result<Option<Frame>> {
     let fd = match open_dir_at(parent, name) {
-        Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) => {
+        Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) && !rules.dry_run => {
             open_up_dir(parent, name)?;
             open_dir_at(parent, name)?
         }
@@ -167,7 +171,9 @@ fn fill(frame: &mut Frame, rules: &Removal<'_>, done: &mut Removed) -> io::Resul
         if is_dir {
             frame.subdirs.push(item.name);
         } else {
-            unlink_in(&frame.fd, &item.name, AtFlags::empty())?;
+            if !rules.dry_run {
+                unlink_in(&frame.fd, &item.name, AtFlags::empty())?;
+            }
             done.entries += 1;
         }
     }

@@ -212,3 +212,35 @@ proptest! {
         }
     }
 }
+
+/// The action part of every action line (`action=…` to the end), sorted: passes run in
+/// parallel, so lines come in any order.
+fn actions(log: &str) -> Vec<String> {
+    let mut lines: Vec<String> =
+        log.lines().filter_map(|l| l.find("action=").map(|at| l[at..].to_string())).collect();
+    lines.sort();
+    lines
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
+
+    /// See: issue "Trust (3/3)" item 6 — the dry run's lines are the real run's lines.
+    #[test]
+    fn the_dry_run_prints_exactly_what_the_real_run_does(
+        rounds in prop::collection::vec(prop::collection::vec(op(), 1..12), 1..4)
+    ) {
+        let t = Tree::new();
+        let mut applier = Applier { t: &t, clock: 0 };
+        for (i, ops) in rounds.iter().enumerate() {
+            for op in ops {
+                applier.apply(op);
+            }
+            let dry = t.once(&["--allow-empty-source", "--dry-run"]);
+            prop_assert_eq!(dry.code, Some(0), "round {}: {}", i, dry);
+            let real = t.once(&["--allow-empty-source"]);
+            prop_assert_eq!(real.code, Some(0), "round {}: {}", i, real);
+            prop_assert_eq!(actions(&dry.stderr), actions(&real.stderr), "round {}: ops {:?}\ndry:\n{}\nreal:\n{}", i, ops, dry, real);
+        }
+    }
+}
