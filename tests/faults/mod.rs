@@ -393,3 +393,39 @@ fn entries_vanishing_under_a_pass_are_warnings_with_exit_24_never_errors() {
     last.assert_code(0);
     assert_same(t.src(), t.dst());
 }
+
+// ---- Action lines only after success --------------------------------------------------------
+
+/// `chattr -i` on drop, so a failing test still leaves a removable temp dir.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: std::path::PathBuf) -> Immutable {
+        let ok = Command::new("chattr").arg("+i").arg(&path).status();
+        assert!(ok.is_ok_and(|s| s.success()), "chattr +i (e2fsprogs, ext4) is needed here");
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn attrs_that_fail_are_an_error_never_an_action_line() {
+    // See: issue "Trust (3/3)" item 5
+    let t = Tree::new();
+    t.file("locked", b"same").chmod("locked", 0o640).mtime("locked", 1_600_000_000, 0);
+    t.file("free", b"same").chmod("free", 0o640).mtime("free", 1_600_000_000, 0);
+    t.once(&[]).assert_code(0);
+    t.chmod("locked", 0o600).chmod("free", 0o600);
+    let _guard = Immutable::set(t.dst().join("locked"));
+    let run = t.once(&[]);
+    run.assert_code(23);
+    assert!(run.has_action("attrs", "free"), "{run}");
+    assert!(!run.has_action("attrs", "locked"), "a failed chmod was logged as done:\n{run}");
+    assert!(!run.lines_with("op=attrs path=locked").is_empty(), "the error names it:\n{run}");
+    assert!(run.stderr.contains("attrs=1 "), "only the real fix is counted:\n{run}");
+}
