@@ -51,11 +51,20 @@ impl LogGuard {
 
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// Console lines buffered while stderr is slow, before they are dropped (and counted).
+const CONSOLE_LINES: usize = 8_192;
+
+/// Log-file lines buffered while the disk is slow, before a log call waits for it.
+const FILE_LINES: usize = 32_768;
+
 /// Installs the global subscriber (the log file was opened by `config`).
 pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuard {
     let ansi = std::io::stderr().is_terminal();
+    // The channel's slots are allocated up front (32 B a line): the lossy console needs
+    // only enough for a burst, the lossless file enough to ride out a slow disk.
     let (console, console_guard) = NonBlockingBuilder::default()
         .lossy(true)
+        .buffered_lines_limit(CONSOLE_LINES)
         .thread_name("replicad-stderr")
         .finish(std::io::stderr());
     let console_dropped = console.error_counter();
@@ -66,6 +75,7 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuar
         let watched = Watched { inner: file, failure: file_failure.clone() };
         let (writer, guard) = NonBlockingBuilder::default()
             .lossy(false)
+            .buffered_lines_limit(FILE_LINES)
             .thread_name("replicad-log-file")
             .finish(watched);
         layers.push(layer(format, writer, false));
