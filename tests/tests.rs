@@ -7,6 +7,7 @@
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
+//! - `promises`: README promises no other module covered (fsync, verify, jobs, guard, systemd, logging).
 //! - `prop`: random operation sequences on SOURCE, a pass, then the oracle.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
 //! - `attack`: a stranger writing into REPLICA races replicad; nothing outside REPLICA changes.
@@ -19,5 +20,6 @@ mod boundary;
 mod comparer;
 mod faults;
 mod once;
+mod promises;
 mod prop;
 mod service;
