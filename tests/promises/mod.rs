@@ -969,15 +969,28 @@ fn directory_removal_counts_every_entry_under_it() {
 
 #[test]
 fn log_file_ends_with_the_stopped_line_after_sigterm() {
+    // The file's writer is normally far ahead of the process, so an exit that forgot to
+    // flush would look fine. Here strace delays every write to the log file (and only to
+    // it) by 20 ms, so lines are still queued when SIGTERM comes: the stop must write them
+    // out (it may wait about a second for that; 20 lines take 0.4 s).
     let t = Tree::new();
     many_files(&t, "first", 2000);
     let log_path = t.base().join("logs/replicad.log");
     let log_arg = log_path.to_str().unwrap();
     let mut svc = running(&t, &["--interval", "1h", "--log-file", log_arg]);
-    // Lines in flight at the signal: a burst of events, SIGTERM once they are being copied.
-    many_files(&t, "burst", 2000);
-    let copying = wait_until(CONVERGE, || svc.log().contains("action=copy path=burst/"));
-    assert!(copying, "the burst was never copied; log:\n{}", svc.log());
+    let first_pass = || fs::read_to_string(&log_path).unwrap_or_default().contains(PASS_COMPLETE);
+    assert!(wait_until(SHOW, first_pass), "the first pass is not in the log file");
+    let slow_file =
+        ["-e", "trace=write,writev", "-e", "inject=write,writev:delay_enter=20000", "-P", log_arg];
+    let _strace = Strace::attach(svc.pid(), &slow_file);
+    for i in 0..10 {
+        t.file(format!("late/f{i}"), b"logged while the file lags");
+    }
+    let logged = wait_until(CONVERGE, || svc.count("path=late/") >= 10);
+    assert!(logged, "the late files were not copied; log:\n{}", svc.log());
+    let lines = |text: &str| text.lines().count();
+    let behind = lines(&svc.log()) - lines(&fs::read_to_string(&log_path).unwrap());
+    assert!(behind > 0, "no line was waiting to be written: this would prove nothing");
     svc.terminate();
     assert_eq!(exit_code(&mut svc, SHOW), Some(0), "{}", svc.log());
     let file = fs::read_to_string(&log_path).unwrap();
