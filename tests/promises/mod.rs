@@ -329,9 +329,9 @@ fn without_fsync_no_file_is_flushed_and_one_syncfs_of_replica_ends_the_pass() {
 
 // ---- 2. --verify ---------------------------------------------------------------------------
 
-/// One GiB written for real (a repeating non-zero 1 MiB block), so that a copy lasts long
-/// enough to be caught in flight.
-const BIG: u64 = 1 << 30;
+/// 512 MiB written for real (a repeating non-zero 1 MiB block), so that a copy (8 MiB per
+/// call) lasts long enough to be caught in flight.
+const BIG: u64 = 512 << 20;
 
 fn big_block() -> Vec<u8> {
     (0..1 << 20).map(|i: u32| (i % 251 + 1) as u8).collect()
