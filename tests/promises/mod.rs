@@ -563,6 +563,20 @@ fn source_unmounted_under_the_service_deletes_nothing_and_its_remount_converges(
     assert!(svc.wait_log(SHOW, "deletion guard released"), "log:\n{}", svc.log());
     assert_converges(&seen, &t, &svc);
     assert!(t.replica().exists("while-away") && !t.replica().exists("only-below"));
+    // The watch is on the tmpfs again (its directories), not on the directory below.
+    let below = t.lstat("").ino();
+    let (root, sub) =
+        (fs::metadata(&seen).unwrap().ino(), fs::metadata(seen.join("d")).unwrap().ino());
+    let rearmed = wait_until(SHOW, || {
+        let watched = inotify_watched_inodes(pid);
+        watched.contains(&root) && watched.contains(&sub) && !watched.contains(&below)
+    });
+    assert!(
+        rearmed,
+        "watched {:?}, expected the tmpfs ({root}, {sub}) and not the disk below ({below}); log:\n{}",
+        inotify_watched_inodes(pid),
+        svc.log()
+    );
 }
 
 // ---- 5. Watch re-armed on a replaced SOURCE -----------------------------------------------
