@@ -248,8 +248,8 @@ fn traced_once(t: &Tree, calls: &str, extra: &[&str]) -> (Run, Vec<Call>) {
 
 // ---- 1. --fsync ----------------------------------------------------------------------------
 
-/// Files at several depths (one empty, one large enough for several copy chunks in one
-/// call), a symlink and a directory, which must not be flushed one by one.
+/// Files at several depths (one empty, one of 3 MiB), and a symlink and a directory, which
+/// are not flushed one by one.
 fn files_to_flush(t: &Tree) -> Vec<&'static str> {
     t.file("a", b"alpha")
         .file("big.bin", vec![7u8; 3 << 20])
@@ -356,11 +356,11 @@ fn md5_of(shell: &str) -> String {
 
 #[test]
 fn verify_refuses_a_copy_whose_bytes_in_replica_are_not_the_sources() {
-    // Nothing can make SOURCE read back differently without moving its mtime or ctime (the
-    // copy is then discarded as "changed during copy", never verified). What --verify is
-    // for is the copy as REPLICA stores it: here its first bytes are overwritten in the
-    // temporary file while the copy is frozen in flight, after they were written and
-    // before the check re-reads them.
+    // SOURCE cannot read back differently without its mtime and ctime moving, and a change
+    // seen during the copy discards it as "changed during copy"; what --verify exists for
+    // is the copy as REPLICA stores it. Here the temporary file's first bytes are
+    // overwritten while the copy is frozen in flight: after they were written, before the
+    // check re-reads them.
     let t = Tree::new();
     big_file(&t, "big.bin");
     t.file("small", b"s");
