@@ -10,7 +10,8 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tracing::{error, warn};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
@@ -27,8 +28,45 @@ use crate::logfmt::Logfmt;
 pub struct LogGuard {
     console_dropped: ErrorCounter,
     file_failure: Arc<OnceLock<String>>,
+}
+
+/// The writer threads' guards. Kept here, not only through [`LogGuard`] in `main`, so that
+/// an exit that never returns to `main` (a second signal) can still flush what was logged.
+static WRITERS: Mutex<Option<Writers>> = Mutex::new(None);
+
+struct Writers {
     _console: WorkerGuard,
     _file: Option<WorkerGuard>,
+}
+
+fn take_writers() -> Option<Writers> {
+    WRITERS.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// How long an exit that cannot wait (a second signal) gives the log to be written out.
+const EXIT_FLUSH: Duration = Duration::from_millis(500);
+
+/// Exits the process now with `code`, after giving the log writers at most [`EXIT_FLUSH`]
+/// to write out what was logged: a stalled output does not hold the exit up.
+pub fn exit_now(code: i32) -> ! {
+    if let Some(writers) = take_writers() {
+        let (done, flushed) = std::sync::mpsc::channel();
+        let flush =
+            std::thread::Builder::new().name("replicad-exit-flush".into()).spawn(move || {
+                drop(writers);
+                let _ = done.send(());
+            });
+        if flush.is_ok() {
+            let _ = flushed.recv_timeout(EXIT_FLUSH);
+        }
+    }
+    std::process::exit(code)
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        drop(take_writers());
+    }
 }
 
 impl LogGuard {
@@ -82,8 +120,12 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuar
         file_guard = Some(guard);
     }
     // try_init: tests may install a subscriber more than once in one process.
-    let _ = tracing_subscriber::registry().with(layers).with(filter(verbosity)).try_init();
-    LogGuard { console_dropped, file_failure, _console: console_guard, _file: file_guard }
+    let installed = tracing_subscriber::registry().with(layers).with(filter(verbosity)).try_init();
+    if installed.is_ok() {
+        let writers = Writers { _console: console_guard, _file: file_guard };
+        *WRITERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(writers);
+    }
+    LogGuard { console_dropped, file_failure }
 }
 
 /// A writer that remembers its first error (the appender's thread ignores them).

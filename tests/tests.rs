@@ -8,6 +8,7 @@
 //! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
 //! - `logs`: hostile names cannot forge log fields (logfmt and JSON parsed back).
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
+//! - `promises`: README promises no other module covered (fsync, verify, jobs, guard, systemd, logging).
 //! - `prop`: random operation sequences on SOURCE, a pass (or the running service's events),
 //!   then the oracle.
 //! - `removals`: the event path must remove every name that left SOURCE, whatever the
@@ -24,6 +25,7 @@ mod comparer;
 mod faults;
 mod logs;
 mod once;
+mod promises;
 mod prop;
 mod removals;
 mod service;

@@ -171,7 +171,7 @@ async fn pass_loop(
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate: the first pass starts now
-    let mut watchdog = Watchdog::new(engine);
+    let mut watchdog = Watchdog::new();
     let mut first = true;
     let mut overrunning = false;
     let mut previous_wake = Wake::Interval;
@@ -259,6 +259,7 @@ async fn full_pass_guarded(
     cancel: &CancellationToken,
     watchdog: &mut Watchdog,
 ) -> PassRun {
+    watchdog.work_begins();
     let lock = loop {
         tokio::select! {
             () = cancel.cancelled() => return PassRun::Stopped,

@@ -1,6 +1,6 @@
 //! SIGINT/SIGTERM: the first cancels (a graceful stop: everything watches the one token),
-//! the second exits at once. Cancelling comes before logging, so a stalled stderr can
-//! never keep a stop from happening.
+//! the second exits at once (its log line flushed first, bounded). Cancelling comes before
+//! logging, so a stalled stderr can never keep a stop from happening.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,6 @@ pub fn listen(cancel: CancellationToken) -> std::io::Result<tokio::task::JoinHan
             _ = int.recv() => {},
         }
         warn!("second signal: exiting now");
-        std::process::exit(1);
+        crate::logging::exit_now(1);
     }))
 }

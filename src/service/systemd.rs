@@ -34,14 +34,25 @@ pub fn status_line(report: &PassReport) -> String {
 /// The watchdog's pings: every half of `WATCHDOG_USEC`, when enabled.
 pub struct Watchdog {
     pings: Option<Interval>,
-    seen: u64,
+    /// The engine's progress counter at the last look during work; `None` when work has
+    /// just begun.
+    seen: Option<u64>,
 }
 
 impl Watchdog {
-    /// A watchdog that judges liveness by `engine`'s progress counter.
-    pub fn new(engine: &Engine) -> Watchdog {
+    /// A watchdog that judges liveness by the engine's progress counter.
+    pub fn new() -> Watchdog {
         let pings = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
-        Watchdog { pings, seen: engine.progress() }
+        Watchdog { pings, seen: None }
+    }
+
+    /// Work begins (a full pass, or its wait for event work): the main loop was idle and
+    /// answering until now, so the first ping during this work needs no progress yet. A
+    /// ping time that falls right at its start would otherwise go unfed when the counter
+    /// has not moved since the last look (a pass the deletion guard holds makes no
+    /// progress at all), leaving systemd a whole WATCHDOG_USEC without a ping.
+    pub fn work_begins(&mut self) {
+        self.seen = None;
     }
 
     /// Waits for the next ping time (forever when the watchdog is off).
@@ -61,10 +72,10 @@ impl Watchdog {
     /// a pass (or event work the main loop waits for) that stopped moving is not fed.
     pub fn feed_if_moving(&mut self, engine: &Engine) {
         let now = engine.progress();
-        if now != self.seen || engine.is_flushing() {
+        if self.seen != Some(now) || engine.is_flushing() {
             self.feed();
         }
-        self.seen = now;
+        self.seen = Some(now);
     }
 }
 

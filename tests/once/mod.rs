@@ -2,8 +2,8 @@
 //! SPEC.md: one test per row of §1 ("what exact copy means"), per refusal and usage error
 //! of §2, the exit statuses, the log lines of §3, and the safety rules of §4 that a single
 //! pass can show (deletion guard, unlistable directories, planted symlinks, temp leftovers),
-//! then regressions for review findings (some in a PID or mount namespace, skipped where
-//! `unshare` cannot make one). Every result is judged by the oracle in `support`, never by
+//! then regressions for review findings (some in a PID or mount namespace, failing with a
+//! clear message where `unshare` cannot make one). Every result is judged by the oracle in `support`, never by
 //! replicad's own code.
 
 use std::ffi::OsStr;
@@ -11,12 +11,11 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::support::{
     CompareOptions, Dir, Kind, NOBODY, Run, Tree, action_lines, as_nobody, assert_same,
-    assert_same_with, assert_unchanged, bin, build_chain, compare_chain, remove_chain, replicad,
-    snapshot, temp_leftovers, wrapper,
+    assert_same_with, assert_unchanged, bin, build_chain, compare_chain, need_unshare,
+    remove_chain, replicad, snapshot, temp_leftovers, wrapper,
 };
 
 /// A small tree with one of each mirrored kind, odd modes and explicit ns mtimes.
@@ -832,10 +831,7 @@ fn unusable_replica_root_is_an_error_not_a_silent_success() {
 #[test]
 fn leftover_temp_files_are_removed_when_running_as_pid_1() {
     // See: review finding 3
-    if !unshare_works(&["--pid", "--fork"]) {
-        eprintln!("skipped: `unshare --pid --fork` (a PID namespace) is not available");
-        return;
-    }
+    need_unshare(&["--pid", "--fork"], "a PID namespace");
     let t = Tree::new();
     t.file("a.txt", b"a").file("d/b.txt", b"b");
     // What a crashed run leaves in a container, where every run is PID 1 (the old naming
@@ -875,18 +871,10 @@ fn read_only_source_directory_takes_later_changes_when_unprivileged() {
     assert_eq!(mode_and_mtime(t.replica(), "ro").0, 0o555, "{run}");
 }
 
-/// True if `unshare args... true` succeeds (the namespace kind is available here).
-fn unshare_works(args: &[&str]) -> bool {
-    Command::new("unshare").args(args).arg("true").status().is_ok_and(|s| s.success())
-}
-
 #[test]
 fn unlistable_directory_does_not_leave_its_ancestors_unfinalized() {
     // See: review finding 6
-    if !unshare_works(&["--mount"]) {
-        eprintln!("skipped: `unshare --mount` (a mount namespace) is not available");
-        return;
-    }
+    need_unshare(&["--mount"], "a mount namespace");
     let t = Tree::new();
     t.file("a/b/f", b"f").file("a/g", b"g").dir("a/b/secret").file("top", b"t");
     t.chmod("a/b", 0o751).chmod("a", 0o705).chmod("", 0o750);

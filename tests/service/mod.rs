@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     CompareOptions, PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_same_with,
-    assert_unchanged, bin, compare, compare_with, has_action, inotify_watched_inodes, snapshot,
-    temp_leftovers, wait_until,
+    assert_unchanged, bin, compare, compare_with, has_action, inotify_watched_inodes, need_unshare,
+    snapshot, temp_leftovers, wait_until,
 };
 
 /// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
@@ -496,14 +496,7 @@ fn notify_socket_gets_ready_after_first_pass_and_stopping_on_sigterm() {
 
 #[test]
 fn watch_limit_is_named_and_passes_still_converge() {
-    if !std::process::Command::new("unshare")
-        .args(["-Ur", "true"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("skipped: `unshare -Ur` (an unprivileged user namespace) is not available");
-        return;
-    }
+    need_unshare(&["-Ur"], "a user namespace");
     let t = Tree::new();
     for i in 0..20 {
         t.file(format!("d{i:02}/f"), b"x");

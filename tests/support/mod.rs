@@ -1158,6 +1158,23 @@ impl Drop for Service {
     }
 }
 
+/// Fails the test, naming what is missing, unless `unshare ARGS true` succeeds here. The
+/// suite runs as root with util-linux by contract (README "Build, run, test"): a namespace
+/// that cannot be made is a broken environment, never a reason to pass having proved nothing.
+#[track_caller]
+pub fn need_unshare(args: &[&str], what: &str) {
+    let why = match std::process::Command::new("unshare").args(args).arg("true").output() {
+        Ok(out) if out.status.success() => return,
+        Ok(out) => format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => e.to_string(),
+    };
+    panic!(
+        "this test needs {what} (`unshare {}`), which cannot be made here ({why}); the suite \
+         runs as root with util-linux (README \"Build, run, test\")",
+        args.join(" ")
+    );
+}
+
 // ------------------------------------------------------------------------------------------
 // Waiting
 
