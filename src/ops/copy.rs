@@ -102,7 +102,15 @@ pub fn copy_file(
         return Err(EntryErrorKind::ChangedDuringCopy);
     }
     if ctx.opts.verify {
-        verify_copy(&src, &tmp, &before, ctx.md5_cache, ctx.cancelled)?;
+        match verify_copy(&src, &tmp, &before, ctx.md5_cache, ctx.cancelled) {
+            // The source itself moved on since the copy was checked: retry, not a mismatch.
+            Err(EntryErrorKind::VerifyMismatch { .. })
+                if !Entry::stat_fd(&src)?.unchanged_since(&before) =>
+            {
+                return Err(EntryErrorKind::ChangedDuringCopy);
+            }
+            other => other?,
+        }
     }
     if ctx.opts.fsync {
         rustix::fs::fdatasync(&tmp)?;
