@@ -28,23 +28,10 @@ use walkdir::WalkDir;
 
 use crate::support::mounts::{SHOW, in_mount_namespace, nsenter, roots_and, wait_more};
 use crate::support::{
-    Dir, PASS_COMPLETE, Run, Service, TEMP_PREFIX, Tree, action_lines, assert_same,
-    assert_unchanged, bin, compare, has_action, inotify_watched_inodes, replicad, snapshot,
-    temp_leftovers, wait_until, wrapper,
+    CONVERGE, Dir, EVENTS_ONLY, PASS_COMPLETE, Run, Service, TEMP_PREFIX, Tree, action_lines,
+    assert_same, assert_unchanged, bin, compare, has_action, inotify_watched_inodes, replicad,
+    running, snapshot, temp_leftovers, wait_until, wrapper,
 };
-
-/// How long a change may take to reach REPLICA (slack for a loaded 2-core machine).
-const CONVERGE: Duration = Duration::from_secs(10);
-
-/// Only the watcher (or an explicit full-pass request) can act within a test's lifetime.
-const EVENTS_ONLY: &[&str] = &["--interval", "1h"];
-
-/// Starts `replicad SRC DST extra...` and waits for its first pass.
-fn running(t: &Tree, extra: &[&str]) -> Service {
-    let mut svc = t.spawn(extra);
-    svc.wait_first_pass();
-    svc
-}
 
 /// The exit code, if the service exits within `deadline`.
 fn exit_code(svc: &mut Service, deadline: Duration) -> Option<i32> {

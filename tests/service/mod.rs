@@ -19,24 +19,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    CompareOptions, PASS_COMPLETE, Service, Tree, action_lines, assert_same, assert_same_with,
-    assert_unchanged, bin, compare, compare_with, has_action, inotify_watched_inodes, need_unshare,
-    snapshot, temp_leftovers, wait_until,
+    CONVERGE, CompareOptions, EVENTS_ONLY, PASS_COMPLETE, Service, Tree, action_lines, assert_same,
+    assert_same_with, assert_unchanged, bin, compare, compare_with, has_action,
+    inotify_watched_inodes, need_unshare, running, snapshot, temp_leftovers, wait_until,
 };
-
-/// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
-/// loaded 2-core CI machine, not an expectation).
-const CONVERGE: Duration = Duration::from_secs(10);
-
-/// Only the watcher (or an explicit full-pass request) can act within a test's lifetime.
-const EVENTS_ONLY: &[&str] = &["--interval", "1h"];
-
-/// Starts `replicad SRC DST extra...` and waits for its first pass.
-fn running(t: &Tree, extra: &[&str]) -> Service {
-    let mut svc = t.spawn(extra);
-    svc.wait_first_pass();
-    svc
-}
 
 /// Waits up to `deadline` until REPLICA compares equal to SOURCE, then asserts it strictly;
 /// on failure, the difference and the service log are shown.

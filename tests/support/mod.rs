@@ -969,6 +969,20 @@ pub fn has_action(log: &str, action: &str, path: &str) -> bool {
 
 static SERVICES: AtomicUsize = AtomicUsize::new(0);
 
+/// How long a change may take to reach REPLICA (debounce is 100 ms; this is slack for a
+/// loaded 2-core CI machine, not an expectation).
+pub const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Only the watcher (or an explicit full-pass request) can act within a test's lifetime.
+pub const EVENTS_ONLY: &[&str] = &["--interval", "1h"];
+
+/// Starts `replicad SRC DST extra...` and waits for its first pass.
+pub fn running(t: &Tree, extra: &[&str]) -> Service {
+    let mut svc = t.spawn(extra);
+    svc.wait_first_pass();
+    svc
+}
+
 /// What the summary line of every full pass contains.
 pub const PASS_COMPLETE: &str = "pass complete";
 
