@@ -477,6 +477,55 @@ fn notify_socket_gets_ready_after_first_pass_and_stopping_on_sigterm() {
     assert_eq!(svc.wait_exit(Duration::from_secs(5)).and_then(|s| s.code()), Some(0));
 }
 
+#[test]
+fn watchdog_is_fed_while_a_pass_waits_for_a_large_event_copy() {
+    // See: issue "Trust (2/3)" item 6: the main loop waited for the pass lock without
+    // feeding the watchdog while event work copied a large file.
+    let t = Tree::new();
+    t.file("a", b"x");
+    let path = t.base().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind notify socket");
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut cmd = t.service_command(&["--interval", "200ms"]);
+    cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "1000000");
+    let mut svc = t.spawn_command(cmd);
+    let (ready, got) = receive_until(&sock, Duration::from_secs(30), "READY=1");
+    assert!(ready, "no READY=1; datagrams {got:?}; log:\n{}", svc.log());
+    // Written next to SOURCE, then moved in: one event, one long copy by event work,
+    // while passes come due every 200 ms and must wait for it.
+    big_file(&t, "../big.staging");
+    let copy_started = Instant::now();
+    fs::rename(t.base().join("big.staging"), t.join("big.bin")).unwrap();
+    let mut pings = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let done = wait_until(Duration::from_secs(60), || {
+        while let Ok(n) = sock.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+                pings.push(copy_started.elapsed());
+            }
+        }
+        t.replica().exists("big.bin")
+    });
+    assert!(done, "the copy did not finish; log:\n{}", svc.log());
+    let took = copy_started.elapsed();
+    assert!(
+        took > Duration::from_millis(1500),
+        "the copy took {took:?}: too short to prove anything"
+    );
+    let mut last = Duration::ZERO;
+    for &at in pings.iter().chain(std::iter::once(&took)) {
+        assert!(
+            at - last < Duration::from_millis(1000),
+            "no ping for {:?} (until {at:?}) during the copy; pings {pings:?}; log:\n{}",
+            at - last,
+            svc.log()
+        );
+        last = at;
+    }
+    svc.terminate();
+    assert_eq!(svc.wait_exit(Duration::from_secs(10)).and_then(|s| s.code()), Some(0));
+}
+
 // ------------------------------------------------------------------------------------------
 // Watch limit and queue overflow (NOTES.md §1.10)
 
