@@ -1232,9 +1232,10 @@ fn attack_once_runs_never_change_anything_outside_replica() {
         let more = |runs: usize| runs < ONCE_RUNS || started.elapsed() < ONCE_ATTACK_TIME;
         while more(runs) && started.elapsed() < ONCE_ATTACK_MAX && !s.victim_changed() {
             let run = s.t.once(&[]);
+            // 24: the SOURCE mutator made an entry vanish under the pass (a warning).
             assert!(
-                matches!(run.code, Some(0 | 23)),
-                "a --once run under attack did not end with 0 or 23:\n{run}"
+                matches!(run.code, Some(0 | 23 | 24)),
+                "a --once run under attack did not end with 0, 23 or 24:\n{run}"
             );
             stderr.push_str(&run.stderr);
             runs += 1;
