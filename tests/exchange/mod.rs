@@ -24,7 +24,9 @@ use rustix::fs::{CWD, RenameFlags};
 use tokio_util::sync::CancellationToken;
 
 use crate::removals::{DEBOUNCE, EVENTS_ONLY, SLACK, converges_by_events, running};
-use crate::support::{Tree, assert_same};
+use crate::support::{
+    CompareOptions, PASS_COMPLETE, Tree, assert_same, assert_same_with, compare_with, wait_until,
+};
 
 /// An mtime far in the past, so a change that moves a directory's mtime is always visible.
 const OLD: i64 = 1_500_000_000;
@@ -236,6 +238,32 @@ fn exchange_then_rename_of_one_side() {
             t.rename("b", "old");
         },
     );
+}
+
+#[test]
+fn exchange_with_an_excluded_name() {
+    // See: issue "Trust (3/3)", item 1 (an excluded directory swapped in under a mirrored
+    // name is mirrored there; the excluded name stays out of REPLICA).
+    let t = Tree::new();
+    tree(&t, "d/build.o", "built");
+    tree(&t, "d/live", "live");
+    age_dirs(&t);
+    let svc = running(&t, &["--interval", "1h", "--exclude", "*.o"]);
+    let excluded = |p: &Path| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".o"));
+    let opts = CompareOptions { exclude: &excluded, ..CompareOptions::default() };
+    assert_same_with(t.src(), t.dst(), &opts);
+    assert!(!t.replica().exists("d/build.o"));
+    exchange(&t, "d/build.o", "d/live");
+    let started = Instant::now();
+    let converged = wait_until(DEBOUNCE + SLACK, || compare_with(t.src(), t.dst(), &opts).is_ok());
+    let took = started.elapsed();
+    if !converged {
+        let diff = compare_with(t.src(), t.dst(), &opts).err().map(|d| d.to_string());
+        panic!("REPLICA did not converge\n{}\nlog:\n{}", diff.unwrap_or_default(), svc.log());
+    }
+    assert!(!t.replica().exists("d/build.o"), "an excluded name was mirrored");
+    assert_eq!(svc.count(PASS_COMPLETE), 1, "a full pass explains it:\n{}", svc.log());
+    eprintln!("excluded <-> mirrored: converged {took:?} after the exchange");
 }
 
 #[test]
