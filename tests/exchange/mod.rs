@@ -1,9 +1,13 @@
 //! Regressions for `renameat2(RENAME_EXCHANGE)` in SOURCE (issue "Trust (3/3)", item 1):
 //! `mv --exchange` and the atomic directory swaps of deploy scripts. The kernel reports two
 //! move pairs (a→b, b→a, two cookies); notify-debouncer-full 0.7 chains them into a single
-//! rename of `a` onto itself and drops `b`. Each test runs the real service with
-//! `--interval 1h`, so only events can explain a replica that catches up, swaps once, and
-//! asserts with the strict oracle (parent mtimes included); no second full pass may run.
+//! rename of `a` onto itself and drops `b` (the watcher's unit tests replay exactly that).
+//! Each test runs the real service with `--interval 1h`, so only events can explain a
+//! replica that catches up; it swaps two entries once (every type pairing, across
+//! directories, right after a write, twice, with an excluded name) and asserts with the
+//! strict oracle, parent mtimes included; no second full pass may run. Where the dropped
+//! end ends up a non-directory, the replica caught up before the fix too (about 30 ms
+//! later, when the dropped name's own quiet period ran out): those tests guard it.
 //!
 //! One test calls the engine directly: following the first pair alone must still mirror
 //! both names.
