@@ -49,8 +49,8 @@ pub enum Work {
         /// Reconcile everything below it too.
         recursive: bool,
     },
-    /// Follow a SOURCE rename in REPLICA if it still fits, then reconcile `to` recursively
-    /// and `from`'s parent.
+    /// Follow a SOURCE rename in REPLICA if it still fits, then reconcile both ends
+    /// recursively (SOURCE may have `from` again: an exchange) and their parents.
     Rename {
         /// The old name.
         from: RelPath,

@@ -399,9 +399,10 @@ impl Engine {
     }
 
     /// Follows a rename SOURCE `from` → `to` with a rename in REPLICA when REPLICA still has
-    /// what `from` was and nothing at `to`; then reconciles `to` (recursively) and `from`
-    /// itself (which removes it if the rename was not followed, and fixes its parent), so
-    /// the result is right whatever the rename did.
+    /// what `from` was and nothing at `to`; then reconciles both, recursively: `to`, and
+    /// `from`, which removes it if the rename was not followed and, if SOURCE has `from`
+    /// again (an exchange, or a rename onto it), mirrors whatever it now holds. Either fixes
+    /// its parent, so the result is right whatever the rename did.
     pub fn follow_rename(&self, from: &RelPath, to: &RelPath) -> PassReport {
         self.run(|roots, counters| {
             // Either end excluded (as a file or as a directory): no shortcut, the two
@@ -414,7 +415,7 @@ impl Engine {
                 self.try_rename(&roots, from, to, counters);
             }
             self.reconcile_below_root(&roots, to, true, counters);
-            self.reconcile_below_root(&roots, from, false, counters);
+            self.reconcile_below_root(&roots, from, true, counters);
         })
     }
 

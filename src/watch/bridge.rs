@@ -48,14 +48,14 @@ impl Tee {
 
     /// Notes the names `event` touched, now.
     pub(super) fn see(&self, event: &notify::Event) {
-        let names = touched_by(event, &self.root, self.is_excluded.as_ref());
-        if names.is_empty() {
+        let touches = touched_by(event, &self.root, self.is_excluded.as_ref());
+        if touches.is_empty() {
             return;
         }
         let now = Instant::now();
         let mut touched = lock(&self.touched);
-        for (name, gone) in names {
-            touched.touch(name, gone, now);
+        for touch in touches {
+            touched.touch(touch, now);
         }
     }
 }
@@ -97,12 +97,13 @@ impl Bridge {
     }
 
     /// Maps one batch from the debouncer to hints and sends them; the touched names they
-    /// cover need no hint of their own.
+    /// cover need no hint of their own, and those the debouncer dropped from the renames
+    /// it reports (an exchange's second name, a chain's middle) go with them.
     pub(super) fn on_batch(&self, batch: DebounceEventResult) {
         let Some(hints) = self.hints.upgrade() else { return };
         // Before mapping: a raw event noted after this instant is not covered by the batch.
         let at = Instant::now();
-        let mapped: Vec<Hint> = match batch {
+        let mut mapped: Vec<Hint> = match batch {
             Ok(events) => events
                 .iter()
                 .flat_map(|event| hints_from(event, &self.root, self.is_excluded.as_ref()))
@@ -112,7 +113,7 @@ impl Bridge {
                 vec![Hint::FullPass]
             }
         };
-        lock(&self.touched).cover(&mapped, at);
+        lock(&self.touched).cover(&mut mapped, at);
         self.send_all(&hints, mapped);
     }
 
@@ -256,6 +257,36 @@ mod tests {
         assert_eq!(received(&mut rx), vec![p("d/A", false), p("d", false)]);
         bridge.flush_touched(std::time::Instant::now() + RIPE * 10);
         assert_eq!(received(&mut rx), vec![], "each name once");
+    }
+
+    #[test]
+    fn an_exchange_sends_both_names_recursively_with_its_batch() {
+        // `mv --exchange d/a e/b` as notify 8.2.2 reports it raw (two move pairs, two
+        // cookies) and as notify-debouncer-full 0.7 debounces it: one rename of d/a onto
+        // itself, nothing for e/b (measured).
+        let (bridge, _tx, mut rx, _) = bridge(64);
+        let tee = tee(&bridge);
+        let raw: [(EventKind, &[&str]); 6] = [
+            (FROM, &["d/a"]),
+            (TO, &["e/b"]),
+            (BOTH, &["d/a", "e/b"]),
+            (FROM, &["e/b"]),
+            (TO, &["d/a"]),
+            (BOTH, &["e/b", "d/a"]),
+        ];
+        for (kind, paths) in raw {
+            tee.see(&ev(kind, paths));
+        }
+        let now = std::time::Instant::now();
+        let merged = notify_debouncer_full::DebouncedEvent::new(ev(BOTH, &["d/a", "d/a"]), now);
+        bridge.on_batch(Ok(vec![merged]));
+        assert_eq!(
+            received(&mut rx),
+            vec![mv("d/a", "d/a"), p("e/b", true), p("e", false)],
+            "e/b holds what d/a held: it is looked at recursively, with the batch"
+        );
+        bridge.flush_touched(now + RIPE * 10);
+        assert_eq!(received(&mut rx), vec![], "nothing is left to ripen");
     }
 
     #[tokio::test]

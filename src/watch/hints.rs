@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{Event, EventKind};
 
+use super::touched::Touch;
 use crate::queue::Hint;
 use crate::relpath::RelPath;
 
@@ -183,17 +184,19 @@ impl Hints<'_> {
 }
 
 /// The names one *raw* event (before the debouncer) created, removed or renamed, each with
-/// whether the event took it away: what [`Touched`](super::touched::Touched) remembers in
-/// case the debouncer merges the event away. Pure: no I/O.
+/// whether the event took it away or moved something in under it, and, for a paired
+/// rename, the other end: what [`Touched`](super::touched::Touched) remembers in case the
+/// debouncer merges the event away. Pure: no I/O.
 ///
 /// Only namespace changes count; data and attribute changes are never merged away from a
 /// name that still exists. An excluded or temporary name stands for its parent, whose mtime
-/// it moved. The root and paths outside it are left to the debounced event (a full pass).
+/// it moved (and is the other end of a rename for that). The root and paths outside it are
+/// left to the debounced event (a full pass).
 pub(super) fn touched_by(
     event: &Event,
     source_root: &Path,
     is_excluded: &dyn Fn(&RelPath, bool) -> bool,
-) -> Vec<(RelPath, bool)> {
+) -> Vec<Touch> {
     use ModifyKind::Name;
     if event.need_rescan() {
         return Vec::new();
@@ -204,23 +207,40 @@ pub(super) fn touched_by(
         EventKind::Modify(Name(_)) => None,
         _ => return Vec::new(),
     };
-    let gone = |i: usize| match event.kind {
-        EventKind::Remove(_) | EventKind::Modify(Name(RenameMode::From)) => true,
-        // A paired rename: the first path is the old name.
-        EventKind::Modify(Name(RenameMode::Both)) => i == 0,
-        _ => false,
+    // For a paired rename, the first path is the old name and the second the new one.
+    let how = |i: usize| match event.kind {
+        EventKind::Remove(_) | EventKind::Modify(Name(RenameMode::From)) => (true, false),
+        EventKind::Modify(Name(RenameMode::Both)) => (i == 0, i == 1),
+        // Moved in (`To`), or a rename whose direction notify does not know.
+        EventKind::Modify(Name(_)) => (false, true),
+        _ => (false, false),
     };
     let rules = Hints { hints: Vec::new(), is_excluded };
+    // What each path marks: itself, or its parent for an excluded or temporary name.
+    let marks: Vec<Option<(RelPath, bool)>> = event
+        .paths
+        .iter()
+        .map(|path| {
+            let path = RelPath::under(source_root, path).filter(|p| !p.is_root())?;
+            if !rules.skipped(&path, is_dir) {
+                return Some((path, true));
+            }
+            path.parent().filter(|p| !rules.skipped(p, Some(true))).map(|parent| (parent, false))
+        })
+        .collect();
+    let paired =
+        matches!(event.kind, EventKind::Modify(Name(RenameMode::Both))) && marks.len() == 2;
     let mut out = Vec::new();
-    for (i, path) in event.paths.iter().enumerate() {
-        let Some(path) = RelPath::under(source_root, path).filter(|p| !p.is_root()) else {
-            continue;
-        };
-        if !rules.skipped(&path, is_dir) {
-            out.push((path, gone(i)));
-        } else if let Some(parent) = path.parent().filter(|p| !rules.skipped(p, Some(true))) {
-            out.push((parent, false));
-        }
+    for (i, mark) in marks.iter().enumerate() {
+        let Some((path, itself)) = mark else { continue };
+        let (gone, moved_in) = how(i);
+        let partner = if paired { marks[1 - i].as_ref().map(|(p, _)| p.clone()) } else { None };
+        out.push(Touch {
+            path: path.clone(),
+            gone: gone && *itself,
+            moved_in: moved_in && *itself,
+            partner,
+        });
     }
     out
 }
@@ -255,31 +275,58 @@ mod tests {
     #[test]
     fn raw_events_to_touched_names() {
         let rescan = ev(FILE, &["a"]).set_flag(Flag::Rescan);
-        /// (case, raw event, the names it touched with whether it took them away)
-        type Case = (&'static str, Event, Vec<(&'static str, bool)>);
+        /// (case, raw event, the names it touched: (path, "gone" if it took the name away or
+        /// "in" if it moved something in under it, the other end of a paired rename))
+        type Case = (&'static str, Event, Vec<(&'static str, &'static str, Option<&'static str>)>);
         let cases: Vec<Case> = vec![
-            ("file created", ev(FILE, &["d/f"]), vec![("d/f", false)]),
-            ("dir created", ev(DIR, &["d"]), vec![("d", false)]),
-            ("file removed: gone", ev(RM_FILE, &["d/f"]), vec![("d/f", true)]),
-            ("dir removed: gone", ev(RM_DIR, &["d"]), vec![("d", true)]),
-            ("moved out: gone", ev(FROM, &["d/A"]), vec![("d/A", true)]),
-            ("moved in", ev(TO, &["d/M"]), vec![("d/M", false)]),
-            ("paired rename", ev(BOTH, &["d/A", "e/M"]), vec![("d/A", true), ("e/M", false)]),
+            ("file created", ev(FILE, &["d/f"]), vec![("d/f", "", None)]),
+            ("dir created", ev(DIR, &["d"]), vec![("d", "", None)]),
+            ("file removed: gone", ev(RM_FILE, &["d/f"]), vec![("d/f", "gone", None)]),
+            ("dir removed: gone", ev(RM_DIR, &["d"]), vec![("d", "gone", None)]),
+            ("moved out: gone", ev(FROM, &["d/A"]), vec![("d/A", "gone", None)]),
+            ("moved in", ev(TO, &["d/M"]), vec![("d/M", "in", None)]),
+            (
+                "paired rename: each end is the other's partner",
+                ev(BOTH, &["d/A", "e/M"]),
+                vec![("d/A", "gone", Some("e/M")), ("e/M", "in", Some("d/A"))],
+            ),
+            (
+                "rename from an excluded name: its parent stands for it",
+                ev(BOTH, &["d/x.o", "d/x"]),
+                vec![("d", "", Some("d/x")), ("d/x", "in", Some("d"))],
+            ),
+            (
+                "rename out of an excluded tree: no partner",
+                ev(BOTH, &["ign/x", "x"]),
+                vec![("x", "in", None)],
+            ),
             ("written: not a namespace change", ev(DATA, &["d/f"]), vec![]),
             ("chmod: not a namespace change", ev(ATTR, &["d/f"]), vec![]),
             ("read", ev(OPEN, &["d/f"]), vec![]),
             ("overflow", rescan, vec![]),
             ("the root itself: left to the full pass", ev(RM_DIR, &[""]), vec![]),
             ("outside the root", ev(FILE, &["/elsewhere/x"]), vec![]),
-            ("temp name: its parent", ev(RM_FILE, &["d/.replicad.tmp.7"]), vec![("d", false)]),
-            ("excluded file: its parent", ev(FILE, &["d/a.o"]), vec![("d", false)]),
-            ("excluded right under the root: the root", ev(FILE, &["a.o"]), vec![("", false)]),
+            ("temp name: its parent", ev(RM_FILE, &["d/.replicad.tmp.7"]), vec![("d", "", None)]),
+            ("excluded file: its parent", ev(FILE, &["d/a.o"]), vec![("d", "", None)]),
+            ("excluded right under the root: the root", ev(FILE, &["a.o"]), vec![("", "", None)]),
             ("inside an excluded dir: nothing", ev(RM_FILE, &["ign/x"]), vec![]),
-            ("dir-only pattern, file", ev(RM_FILE, &["build"]), vec![("build", true)]),
-            ("dir-only pattern, kind unknown: excluded", ev(FROM, &["build"]), vec![("", false)]),
+            ("dir-only pattern, file", ev(RM_FILE, &["build"]), vec![("build", "gone", None)]),
+            (
+                "dir-only pattern, kind unknown: excluded",
+                ev(FROM, &["build"]),
+                vec![("", "", None)],
+            ),
         ];
         for (name, event, want) in cases {
-            let want: Vec<(RelPath, bool)> = want.into_iter().map(|(p, g)| (rp(p), g)).collect();
+            let want: Vec<Touch> = want
+                .into_iter()
+                .map(|(path, how, partner)| Touch {
+                    path: rp(path),
+                    gone: how == "gone",
+                    moved_in: how == "in",
+                    partner: partner.map(rp),
+                })
+                .collect();
             assert_eq!(touched_by(&event, Path::new(ROOT), &excluded), want, "{name}");
         }
     }

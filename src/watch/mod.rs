@@ -12,9 +12,13 @@
 //!
 //! notify-debouncer-full merges events per path and can lose a name that left SOURCE (a
 //! rename whose target is renamed onto or removed again; a create and remove within one
-//! debounce). So the [`NoAccess`] wrapper, which sees every raw event first, also notes the
-//! names each one created, removed or renamed; a batch forgets the names it covers, and
-//! the rest are hinted once they have been quiet past the debounce (`touched.rs`).
+//! debounce), or one that is still there: it chains the two move pairs of an exchange
+//! (`mv --exchange a b`) into a rename of `a` onto itself and drops `b`. So the
+//! [`NoAccess`] wrapper, which sees every raw event first, also notes the names each one
+//! created, removed or renamed, and the other end of each rename; a batch forgets the
+//! names it covers and brings along the other ends it dropped, and the rest are hinted
+//! once they have been quiet past the debounce (`touched.rs`). A name something was moved
+//! in under is always looked at recursively.
 
 mod bridge;
 mod errors;
@@ -395,6 +399,33 @@ mod tests {
         for lost in ["a", "c", ".lock"] {
             assert!(seen.contains(&p(lost, false)), "no hint for {lost}: {seen:?}");
         }
+        assert!(!seen.contains(&Hint::FullPass), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn real_watcher_hints_both_names_of_an_exchange_recursively() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        for (tree, leaf) in [("d/a/x", "x"), ("e/b/y", "y")] {
+            std::fs::create_dir_all(root.join(tree)).unwrap();
+            std::fs::write(root.join(tree).join(leaf), leaf).unwrap();
+        }
+        let (tx, mut rx) = mpsc::channel(1024);
+        let no_excludes: Excluder = Arc::new(|_: &RelPath, _: bool| false);
+        let _watch = Watch::start(&root, DEBOUNCE, tx, Arc::new(Notify::new()), no_excludes);
+
+        let (a, b) = (root.join("d/a"), root.join("e/b"));
+        let cwd = rustix::fs::CWD;
+        rustix::fs::renameat_with(cwd, &a, cwd, &b, rustix::fs::RenameFlags::EXCHANGE).unwrap();
+        let recursive_look = |h: &Hint, at: &str| match h {
+            Hint::Path { path, recursive: true } => *path == rp(at),
+            Hint::Rename { from, to } => *from == rp(at) || *to == rp(at),
+            _ => false,
+        };
+        let mut seen = wait_for(&mut rx, |h| recursive_look(h, "e/b")).await;
+        seen.extend(drain(&mut rx).await);
+        assert!(seen.iter().any(|h| recursive_look(h, "d/a")), "{seen:?}");
+        assert!(seen.contains(&p("e", false)), "the other parent's mtime moved: {seen:?}");
         assert!(!seen.contains(&Hint::FullPass), "{seen:?}");
     }
 

@@ -7,9 +7,10 @@
 //! rename, chmod, touch; type swaps come from writing over an entry of another type) plus
 //! the shapes the debouncer folds: append, truncate, rename chains, renaming onto a name
 //! that is renamed onto again, rename then `rm -rf`, swapping two entries through a
-//! temporary name, lock files created and removed, and REPLICA tampering followed by a
-//! touch of the same SOURCE path (REPLICA is not watched: only the touch can explain a
-//! repair). Operations follow each other as fast as the test can issue them, so most fall
+//! temporary name or atomically (`renameat2(RENAME_EXCHANGE)`: files, directories, mixed,
+//! across directories), a parent with children created and removed again and again, lock
+//! files created and removed, and REPLICA tampering followed by a touch of the same SOURCE
+//! path (REPLICA is not watched: only the touch can explain a repair). Operations follow each other as fast as the test can issue them, so most fall
 //! within one debounce; `Quiet` lets some events come out in between.
 //!
 //! Contents change only together with a fresh, never-reused mtime (see `Applier::tick`),
@@ -52,6 +53,11 @@ enum EvOp {
     RenameThenRemove(P, P),
     /// `mv p .swap; mv q p; mv .swap q`
     Swap(P, P),
+    /// `mv --exchange p q`: any two entries, each may be a directory.
+    Exchange(P, P),
+    /// `mkdir -p p/a/b; echo > p/a/c; echo > p/b; rm -rf p`, this many times; with `true`,
+    /// once more without the removal.
+    Churn(P, u8, bool),
     /// `touch d/.lock; rm d/.lock` in `p` if it is a directory, else in its parent.
     Lock(P),
     /// REPLICA's copy of file `p` deleted (`true`) or overwritten, then SOURCE `p` touched.
@@ -70,6 +76,8 @@ fn ev_op() -> impl Strategy<Value = EvOp> {
         2 => (path(), path(), path()).prop_map(|(a, b, m)| EvOp::RenameOnto(a, b, m)),
         2 => (path(), path()).prop_map(|(a, b)| EvOp::RenameThenRemove(a, b)),
         1 => (path(), path()).prop_map(|(a, b)| EvOp::Swap(a, b)),
+        3 => (path(), path()).prop_map(|(a, b)| EvOp::Exchange(a, b)),
+        1 => (path(), 1..4u8, any::<bool>()).prop_map(|(p, n, keep)| EvOp::Churn(p, n, keep)),
         2 => path().prop_map(EvOp::Lock),
         1 => (path(), any::<bool>()).prop_map(|(p, delete)| EvOp::Tamper(p, delete)),
         2 => prop::sample::select(&[5u64, 40, 120, 250][..]).prop_map(EvOp::Quiet),
@@ -110,6 +118,8 @@ impl Applier<'_> {
                 self.apply(&Op::Remove(b.clone()));
             }
             EvOp::Swap(a, b) => self.swap(&rel(a), &rel(b)),
+            EvOp::Exchange(a, b) => self.exchange(&rel(a), &rel(b)),
+            EvOp::Churn(p, rounds, keep) => self.churn(&rel(p), *rounds, *keep),
             EvOp::Lock(p) => self.lock(&rel(p)),
             EvOp::Tamper(p, delete) => self.tamper(&rel(p), *delete),
             EvOp::Quiet(ms) => std::thread::sleep(Duration::from_millis(*ms)),
@@ -125,6 +135,35 @@ impl Applier<'_> {
         }
         let tmp = a.parent().unwrap_or(Path::new("")).join(SWAP);
         self.t.rename(a, &tmp).rename(b, a).rename(&tmp, b);
+    }
+
+    /// Exchanges two entries atomically, as `mv --exchange a b` does.
+    fn exchange(&self, a: &Path, b: &Path) {
+        let (Some(_), Some(_)) = (self.kind(a), self.kind(b)) else { return };
+        if a.starts_with(b) || b.starts_with(a) {
+            return;
+        }
+        crate::exchange::exchange(self.t, a, b);
+    }
+
+    /// Creates a parent with children at `p` and removes it, `rounds` times; with `keep`,
+    /// creates it once more and leaves it.
+    fn churn(&mut self, p: &Path, rounds: u8, keep: bool) {
+        self.make_parents(p);
+        if self.kind(p).is_some() {
+            self.t.remove(p);
+        }
+        for round in 0..rounds + u8::from(keep) {
+            self.t.dir(p.join("a/b"));
+            for (name, len) in [("a/c", 1), ("b", 2)] {
+                let file = p.join(name);
+                self.t.file(&file, vec![round; len]);
+                self.tick(&file, u32::from(round));
+            }
+            if round < rounds {
+                self.t.remove(p);
+            }
+        }
     }
 
     fn lock(&self, p: &Path) {
