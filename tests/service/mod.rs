@@ -486,7 +486,8 @@ fn watchdog_is_fed_while_a_pass_waits_for_a_large_event_copy() {
     let path = t.base().join("notify.sock");
     let sock = UnixDatagram::bind(&path).expect("bind notify socket");
     sock.set_nonblocking(true).expect("nonblocking");
-    let mut cmd = t.service_command(&["--interval", "200ms"]);
+    // --verify makes the event copy long whatever the disk: two MD5s of 1 GiB follow it.
+    let mut cmd = t.service_command(&["--interval", "200ms", "--verify"]);
     cmd.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "1000000");
     let mut svc = t.spawn_command(cmd);
     let (ready, got) = receive_until(&sock, Duration::from_secs(30), "READY=1");
