@@ -7,9 +7,9 @@
 //! | module | holds |
 //! |---|---|
 //! | [`service`] | the only place that spawns: watcher, passes, queue workers, signals, systemd |
-//! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s (a module dir: hints, bridge, errors) |
+//! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s; raw events noted so no merged-away name is lost |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
-//! | [`reconcile`] | the engine: `decide` (pure) then `apply`, over an explicit work list |
+//! | [`reconcile`] | the engine: `decide` (pure) then `apply`, as tasks on one pool of `--jobs` threads |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
 //! | [`ops`] | primitive replica operations, each safe alone; never resolve a swappable name |
 //! | [`checksum`] | MD5 of a file and a bounded cache keyed by inode and timestamps |
