@@ -46,8 +46,8 @@ fn take_writers() -> Option<Writers> {
 /// How long an exit that cannot wait (a second signal) gives the log to be written out.
 const EXIT_FLUSH: Duration = Duration::from_millis(500);
 
-/// Exits the process now with `code`, after giving the log writers at most [`EXIT_FLUSH`]
-/// to write out what was logged: a stalled output does not hold the exit up.
+/// Exits the process now with `code`, after giving the log writers a bounded time
+/// to write out what was logged (half a second): a stalled output does not hold the exit up.
 pub fn exit_now(code: i32) -> ! {
     if let Some(writers) = take_writers() {
         let (done, flushed) = std::sync::mpsc::channel();
