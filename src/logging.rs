@@ -1,12 +1,13 @@
 //! The tracing subscriber: every line to stderr and, with `--log-file`, to that file too;
 //! text or JSON. `RUST_LOG`, when set, wins over -v/-q. Knows nothing of the sync logic.
 //!
-//! Both outputs go through non-blocking writers, so no log line can stall a stop or the
-//! main loop. The file's writer is lossless (it is the record; a full disk blocks the
-//! writer thread, never the caller beyond its buffer) and watched for write errors: lines
-//! lost there are reported and make the exit status 1. The console's is lossy: a stalled
-//! reader (a stuck journald, Docker's blocking log mode) loses console lines, counted and
-//! reported, instead of freezing replicad.
+//! Both outputs go through non-blocking writers that never make a caller wait, so no log
+//! line can stall the mirror, the main loop or a stop. Each buffers lines for its own
+//! thread to write; when an output stops taking them (a stuck journald, Docker's blocking
+//! log mode, a frozen filesystem, a FIFO whose reader hangs) lines are dropped and
+//! counted. Console losses are reported; the log file is the record, so any line lost
+//! there (dropped, or a write error such as a full disk) is reported and makes the exit
+//! status 1.
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
@@ -28,6 +29,7 @@ use crate::logfmt::Logfmt;
 pub struct LogGuard {
     console_dropped: ErrorCounter,
     file_failure: Arc<OnceLock<String>>,
+    file_dropped: Option<ErrorCounter>,
 }
 
 /// The writer threads' guards. Kept here, not only through [`LogGuard`] in `main`, so that
@@ -77,12 +79,20 @@ impl LogGuard {
         if dropped > 0 {
             warn!(dropped, "stderr was not being read: console lines were dropped");
         }
-        match self.file_failure.get() {
-            Some(e) => {
+        let stalled = self.file_dropped.as_ref().map_or(0, ErrorCounter::dropped_lines);
+        match (self.file_failure.get(), stalled) {
+            (Some(e), _) => {
                 error!(error = %e, "the log file could not be written: lines were lost");
                 true
             }
-            None => false,
+            (None, dropped) if dropped > 0 => {
+                error!(
+                    dropped,
+                    "the log file stopped taking lines (a stalled disk or reader): lines were lost"
+                );
+                true
+            }
+            (None, _) => false,
         }
     }
 }
@@ -92,8 +102,9 @@ type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 /// Console lines buffered while stderr is slow, before they are dropped (and counted).
 const CONSOLE_LINES: usize = 8_192;
 
-/// Log-file lines buffered while the disk is slow, before a log call waits for it.
-const FILE_LINES: usize = 32_768;
+/// Log-file lines buffered while the disk is slow, before lines are dropped (and the run
+/// fails for it).
+const FILE_LINES: usize = 65_536;
 
 /// Installs the global subscriber (the log file was opened by `config`).
 pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuard {
@@ -109,13 +120,18 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuar
     let mut layers: Vec<BoxedLayer> = vec![layer(format, console, ansi)];
     let file_failure = Arc::new(OnceLock::new());
     let mut file_guard = None;
+    let mut file_dropped = None;
     if let Some(file) = log_file {
         let watched = Watched { inner: file, failure: file_failure.clone() };
+        // Lossy too: a log file that stops taking lines (a frozen filesystem, a FIFO whose
+        // reader hangs) must not stop the mirror, nor a stop. Every line lost is counted
+        // and fails the run, so the record is complete or says it is not.
         let (writer, guard) = NonBlockingBuilder::default()
-            .lossy(false)
+            .lossy(true)
             .buffered_lines_limit(FILE_LINES)
             .thread_name("replicad-log-file")
             .finish(watched);
+        file_dropped = Some(writer.error_counter());
         layers.push(layer(format, writer, false));
         file_guard = Some(guard);
     }
@@ -125,7 +141,7 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuar
         let writers = Writers { _console: console_guard, _file: file_guard };
         *WRITERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(writers);
     }
-    LogGuard { console_dropped, file_failure }
+    LogGuard { console_dropped, file_failure, file_dropped }
 }
 
 /// A writer that remembers its first error (the appender's thread ignores them).

@@ -1461,7 +1461,8 @@ impl Engine {
     }
 
     fn record(&self, counters: &Counters, e: EntryError) {
-        if e.is_cancelled() {
+        // Only a stop makes an interruption benign: a real EINTR (FUSE, NFS) is an error.
+        if e.is_cancelled() && self.cancel.is_cancelled() {
             return;
         }
         if e.is_benign() {

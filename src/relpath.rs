@@ -128,10 +128,20 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
-/// Characters that reorder what a terminal shows (Unicode bidirectional controls): a name
-/// holding them could make a log line read differently from what it says.
+/// Characters that reorder what a terminal shows (Unicode bidirectional controls) or that
+/// some viewers take for line breaks (U+2028, U+2029): a name holding them could make a
+/// log line read differently from what it says.
 pub fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    matches!(
+        c,
+        '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{061c}'
+            | '\u{2028}'
+            | '\u{2029}'
+    )
 }
 
 fn write_escaped(f: &mut fmt::Formatter<'_>, os: &OsStr) -> fmt::Result {

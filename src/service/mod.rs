@@ -74,7 +74,7 @@ pub fn run_main(config: Config) -> u8 {
 /// One full pass, stoppable by SIGINT/SIGTERM like the service (no temporary file is left
 /// behind); the status says whether REPLICA now matches SOURCE.
 async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> u8 {
-    let signals = match signals::listen(cancel) {
+    let signals = match signals::listen(cancel.clone()) {
         Ok(task) => task,
         Err(e) => {
             error!("cannot install signal handlers: {e}");
@@ -87,11 +87,21 @@ async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> 
         log_pass(&report, dry_run);
         report
     });
-    let status = match pass.await {
-        Ok(report) => report.exit_status(),
-        Err(_) => {
-            error!("the pass panicked");
-            1
+    let stopped_late = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let status = tokio::select! {
+        joined = pass => match joined {
+            Ok(report) => report.exit_status(),
+            Err(_) => {
+                error!("the pass panicked");
+                1
+            }
+        },
+        () = stopped_late => {
+            warn!("the pass did not stop within {SHUTDOWN_GRACE:?} (a blocking call such as a flush); leaving it behind");
+            20
         }
     };
     signals.abort();
@@ -134,7 +144,7 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     let mut watcher = Watcher::new(&config, hints_tx, full_pass.clone());
     let mut status = 0;
     if watcher.start(&cancel).await {
-        let work = work_fn(engine.clone(), exclusive.clone());
+        let work = work_fn(engine.clone(), exclusive.clone(), cancel.clone());
         tracker.spawn(queue::run_queue(
             hints_rx,
             config.jobs,
@@ -347,13 +357,19 @@ async fn wait_for_next_pass(
 fn work_fn(
     engine: Arc<Engine>,
     exclusive: Arc<RwLock<()>>,
+    cancel: CancellationToken,
 ) -> impl Fn(Work) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>> + Clone + Send + 'static
 {
     move |work: Work| {
         let engine = engine.clone();
         let exclusive = exclusive.clone();
+        let cancel = cancel.clone();
         Box::pin(async move {
-            let lock = exclusive.read_owned().await;
+            // A stop while a pass holds the lock: this work never starts.
+            let lock = tokio::select! {
+                () = cancel.cancelled() => return Outcome::Success,
+                lock = exclusive.read_owned() => lock,
+            };
             let joined = tokio::task::spawn_blocking(move || {
                 let report = match &work {
                     Work::Path { path, recursive } => engine.reconcile_path(path, *recursive),

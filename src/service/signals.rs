@@ -17,6 +17,8 @@ pub fn listen(cancel: CancellationToken) -> std::io::Result<tokio::task::JoinHan
             _ = int.recv() => "SIGINT",
         };
         cancel.cancel();
+        // Log writes never wait (see `logging`), so this cannot keep the second signal
+        // from being heard.
         info!("{name} received: stopping (send it again to exit at once)");
         tokio::select! {
             _ = term.recv() => {},

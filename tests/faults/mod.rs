@@ -429,3 +429,56 @@ fn attrs_that_fail_are_an_error_never_an_action_line() {
     assert!(!run.lines_with("op=attrs path=locked").is_empty(), "the error names it:\n{run}");
     assert!(run.stderr.contains("attrs=1 "), "only the real fix is counted:\n{run}");
 }
+
+#[test]
+fn a_log_file_that_stops_taking_lines_stalls_nothing_and_fails_the_run() {
+    // See: adversarial review of "Trust (2/3)": a FIFO log whose reader stopped reading
+    // froze every thread, and no SIGTERM got through.
+    let t = Tree::new();
+    // 70,000 action lines: more than the log file's buffer holds once its reader hangs.
+    for d in 0..70 {
+        fs::create_dir(t.join(format!("d{d:02}"))).unwrap();
+        for f in 0..1000 {
+            fs::write(t.join(format!("d{d:02}/f{f}")), b"").unwrap();
+        }
+    }
+    let fifo = t.base().join("log.fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // A log shipper that opened the FIFO and then hangs: the read end stays open, unread.
+    let mut reader = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 3< "$1"; sleep 120"#)
+        .arg("sh")
+        .arg(&fifo)
+        .spawn()
+        .unwrap();
+    let mut svc = t.spawn(&["--interval", "1h", "--log-file", fifo.to_str().unwrap()]);
+    svc.wait_first_pass();
+    let asked = Instant::now();
+    svc.terminate();
+    let status = svc.wait_exit(Duration::from_secs(20));
+    let took = asked.elapsed();
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let log = svc.log();
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop; log tail:\n{}", tail(&log));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "lost lines must fail the run:\n{}",
+        tail(&log)
+    );
+    assert!(log.contains("the log file stopped taking lines"), "{}", tail(&log));
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}

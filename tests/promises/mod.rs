@@ -621,12 +621,21 @@ fn second_sigterm_during_a_slow_stop_exits_at_once_with_status_1() {
     // keeps the exiting process from being reaped until strace lets go, so "at once" is
     // read where the exit happens: the main thread is gone (exit_group was called).
     // Several rounds: losing the last log line to the exit was a race (see the fix).
-    for round in 0..5 {
-        second_sigterm_round(round);
+    // A round whose graceful stop finished before the second signal could be sent (a
+    // loaded machine, strace slowing the log) proves nothing: it is run again, a bounded
+    // number of times.
+    let (mut proved, mut attempts) = (0, 0);
+    while proved < 5 {
+        attempts += 1;
+        assert!(attempts <= 12, "only {proved} of 12 rounds reached the second signal in time");
+        if second_sigterm_round(attempts) {
+            proved += 1;
+        }
     }
 }
 
-fn second_sigterm_round(round: usize) {
+/// One round; false if the graceful stop was over before the second signal went.
+fn second_sigterm_round(round: usize) -> bool {
     let t = Tree::new();
     t.file("a", b"first");
     let log_file = t.base().join("replicad.log");
@@ -644,9 +653,14 @@ fn second_sigterm_round(round: usize) {
         svc.log()
     );
     svc.terminate();
+    // The first signal was handled (the graceful stop has begun and waits for the held
+    // copy); send the second at once. If the graceful stop won the race instead, the
+    // checks below fail: status 0 and a "stopped" line.
     assert!(svc.wait_log(SHOW, "SIGTERM received"), "round {round}; log:\n{}", svc.log());
-    assert!(svc.wait_log(SHOW, "waiting for in-flight work"), "round {round}:\n{}", svc.log());
-    assert!(!main_thread_gone(pid), "round {round}: the stop was not slow:\n{}", svc.log());
+    if main_thread_gone(pid) {
+        strace.kill();
+        return false;
+    }
     let asked = Instant::now();
     svc.terminate();
     let gone = wait_until(SHOW, || main_thread_gone(pid));
@@ -662,6 +676,7 @@ fn second_sigterm_round(round: usize) {
     assert!(file.contains("second signal"), "round {round}: not in the log file:\n{file}");
     let graceful = log.lines().any(|l| l.trim_end().ends_with(" stopped"));
     assert!(!graceful, "round {round}: the slow stop finished first, proving nothing:\n{log}");
+    true
 }
 
 // ---- 7. systemd: READY, STATUS per pass, watchdog, STOPPING --------------------------------
