@@ -17,7 +17,7 @@ use crate::support::mounts::{
     SHOW, in_mount_namespace, nsenter, once_in_mount_namespace, roots_and,
 };
 use crate::support::{
-    NOBODY, PASS_COMPLETE, Run, Tree, assert_same, bin, compare, temp_leftovers, wait_until,
+    Dir, NOBODY, PASS_COMPLETE, Run, Tree, assert_same, bin, compare, temp_leftovers, wait_until,
     wrapper,
 };
 
@@ -181,15 +181,8 @@ fn log_file_on_dev_full_is_reported_and_fails_the_run() {
 fn fifo_log_file_with_no_reader_is_refused_at_once() {
     let t = Tree::new();
     t.file("a", b"a");
+    Dir::at(t.base()).fifo("log.fifo");
     let fifo = t.base().join("log.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
     let started = Instant::now();
     let run = t.once(&["--log-file", fifo.to_str().unwrap()]);
     run.assert_code(1);
@@ -442,15 +435,8 @@ fn a_log_file_that_stops_taking_lines_stalls_nothing_and_fails_the_run() {
             fs::write(t.join(format!("d{d:02}/f{f}")), b"").unwrap();
         }
     }
+    Dir::at(t.base()).fifo("log.fifo");
     let fifo = t.base().join("log.fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
     // A log shipper that opened the FIFO and then hangs: the read end stays open, unread.
     let mut reader = Command::new("sh")
         .arg("-c")
