@@ -66,6 +66,20 @@ pub struct Args {
     #[arg(long)]
     pub fsync: bool,
 
+    /// Copy each name of a hard-linked SOURCE file as its own file (as `rsync -a` without
+    /// `-H`); by default names that share an inode in SOURCE share one in REPLICA.
+    #[arg(long, env = "REPLICAD_NO_HARD_LINKS", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_hard_links: bool,
+
+    /// Do not mirror extended attributes and POSIX ACLs (as `rsync -a` without `-AX`).
+    #[arg(long, env = "REPLICAD_NO_XATTRS", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_xattrs: bool,
+
+    /// Do not descend into other filesystems mounted inside SOURCE; their mount-point
+    /// directories are mirrored empty (as `rsync -x`).
+    #[arg(short = 'x', long, env = "REPLICAD_ONE_FILE_SYSTEM", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub one_file_system: bool,
+
     /// How many filesystem operations run at once [default: CPU count].
     #[arg(short, long, env = "REPLICAD_JOBS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,

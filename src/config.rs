@@ -57,6 +57,12 @@ pub struct Config {
     pub own_files: Vec<(u64, u64)>,
     /// REPLICA did not exist: this run creates it (or, in a dry run, would).
     pub replica_created: bool,
+    /// Names sharing an inode in SOURCE share one in REPLICA.
+    pub hard_links: bool,
+    /// Extended attributes and POSIX ACLs are mirrored.
+    pub xattrs: bool,
+    /// Other filesystems mounted inside SOURCE are not descended into.
+    pub one_file_system: bool,
 }
 
 impl Config {
@@ -103,6 +109,9 @@ impl Config {
             chown: may_chown(),
             own_files,
             replica_created,
+            hard_links: !args.no_hard_links,
+            xattrs: !args.no_xattrs,
+            one_file_system: args.one_file_system,
         })
     }
 }

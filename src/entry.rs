@@ -164,6 +164,7 @@ impl Entry {
             mode: self.kind.has_mode() && self.mode != replica.mode,
             mtime: mtimes.stored(self.mtime) != replica.mtime,
             owner: owners && (self.uid != replica.uid || self.gid != replica.gid),
+            ..AttrDiff::default()
         }
     }
 
@@ -233,17 +234,21 @@ pub struct AttrDiff {
     pub mtime: bool,
     /// Owner or group differs (only when replicad may chown).
     pub owner: bool,
+    /// Extended attributes differ (found by reading them, not by `statx`).
+    pub xattrs: bool,
+    /// POSIX ACLs differ (likewise).
+    pub acl: bool,
 }
 
 impl AttrDiff {
     /// Nothing to correct.
     pub fn is_empty(&self) -> bool {
-        !(self.mode || self.mtime || self.owner)
+        !(self.mode || self.mtime || self.owner || self.xattrs || self.acl)
     }
 
     /// Everything: for a freshly created entry.
     pub fn all(owners: bool) -> AttrDiff {
-        AttrDiff { mode: true, mtime: true, owner: owners }
+        AttrDiff { mode: true, mtime: true, owner: owners, ..AttrDiff::default() }
     }
 }
 

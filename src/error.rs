@@ -25,12 +25,14 @@ pub enum Op {
     Verify,
     /// Creating a directory, symlink, FIFO or device node.
     Create,
-    /// Setting mode, owner or mtime.
+    /// Setting mode, owner, mtime, extended attributes or ACLs.
     SetAttrs,
     /// Removing an entry (or a tree).
     Remove,
     /// Renaming inside REPLICA.
     Rename,
+    /// Giving a REPLICA file another name of its link group (a hard link).
+    Link,
     /// Flushing REPLICA's filesystem at the end of a pass (`syncfs`).
     Sync,
     /// An entry type that cannot be mirrored (socket; device node without CAP_MKNOD).
@@ -50,6 +52,7 @@ impl fmt::Display for Op {
             Op::SetAttrs => "attrs",
             Op::Remove => "remove",
             Op::Rename => "rename",
+            Op::Link => "link",
             Op::Sync => "sync",
             Op::Skip => "skip",
         })

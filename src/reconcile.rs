@@ -23,7 +23,10 @@ use crate::config::{Config, Excludes};
 use crate::entry::{AttrDiff, Entry, Kind, MtimeStore};
 use crate::error::{EntryError, EntryErrorKind, Fatal, GuardTrip, Op};
 use crate::guard::{Guard, OpenRoots};
-use crate::ops::{self, CopyCaps, CopyOptions, Expect, TempNames};
+use crate::ops::{
+    self, CopyCaps, CopyOptions, Expect, Handle, Making, TempNames, XattrChanges, XattrSupport,
+    Xattrs,
+};
 use crate::relpath::RelPath;
 
 // =======================================================================================
@@ -280,6 +283,12 @@ pub struct EngineOptions {
     pub copy: CopyOptions,
     /// An empty SOURCE may empty REPLICA.
     pub allow_empty_source: bool,
+    /// Mirror extended attributes and ACLs.
+    pub xattrs: bool,
+    /// Names sharing an inode in SOURCE share one in REPLICA.
+    pub hard_links: bool,
+    /// Do not descend into other filesystems mounted inside SOURCE.
+    pub one_file_system: bool,
 }
 
 /// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
@@ -298,6 +307,8 @@ pub struct Engine {
     excludes: Excludes,
     temp_names: TempNames,
     caps: CopyCaps,
+    /// Attribute namespaces REPLICA turned down.
+    xattr_support: XattrSupport,
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
     progress: AtomicU64,
@@ -330,6 +341,9 @@ impl Engine {
             checksum: config.checksum,
             copy: CopyOptions { chown: config.chown, fsync: config.fsync, verify: config.verify },
             allow_empty_source: config.allow_empty_source,
+            xattrs: config.xattrs,
+            hard_links: config.hard_links,
+            one_file_system: config.one_file_system,
         };
         Ok(Engine {
             guard,
@@ -345,6 +359,7 @@ impl Engine {
             excludes,
             temp_names: TempNames::default(),
             caps: CopyCaps::default(),
+            xattr_support: XattrSupport::default(),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
@@ -668,7 +683,8 @@ impl Engine {
             }
             (Action::Descend, Some(src)) => {
                 if let Some(dst) = &dst {
-                    let fixed = self.apply_attrs(Some(dst_dir), &name, rel, &src, dst, counters);
+                    let fixed =
+                        self.apply_attrs(src_dir, Some(dst_dir), &name, rel, &src, dst, counters);
                     if let Err(e) = fixed {
                         self.record(counters, e);
                     }
@@ -697,7 +713,12 @@ impl Engine {
         let result = Entry::stat_fd(src_dir).and_then(|src| {
             let dst = Entry::stat_fd(dst_dir)?;
             let diff = src.attr_diff(&dst, self.rules().owners, &self.rules().mtimes);
-            if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_dir, &src, diff) }
+            if !diff.is_empty() {
+                ops::set_attrs_fd(dst_dir, &src, diff)?;
+            }
+            let want =
+                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
+            self.dir_xattrs(want.as_ref(), dst_dir, true).map(|_| ())
         });
         if let Err(e) = result {
             self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
@@ -814,9 +835,22 @@ impl Engine {
                 return complete(parent, self, counters);
             }
         };
+        let src_xattrs = match self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_fd.as_fd()))) {
+            Some(Err(e)) => {
+                // The directory is still mirrored; its attributes wait for a readable look.
+                let rel = match &place {
+                    Place::Top(rel) => rel.clone(),
+                    Place::Child(name) => child_rel(parent.as_deref(), name),
+                };
+                self.record(counters, EntryError::source(Op::Read, &rel, e));
+                None
+            }
+            other => other.and_then(Result::ok),
+        };
         let node = Arc::new(DirNode {
             place,
             src,
+            src_xattrs,
             dst_before: dst,
             dst_fd,
             created,
@@ -986,15 +1020,27 @@ impl Engine {
         // Log only differences that were there before this pass: mtime moves caused by our
         // own changes to the children are repaired silently.
         let before = node.dst_before.as_ref().filter(|d| d.kind == Kind::Dir && !node.created);
-        let to_log =
+        let mut to_log =
             before.map(|b| node.src.attr_diff(b, self.rules().owners, &self.rules().mtimes));
-        if let Some(dst_fd) = node.dst_fd.as_ref().filter(|_| !self.opts.dry_run) {
+        let apply = !self.opts.dry_run;
+        if let Some(dst_fd) = &node.dst_fd {
             let result = Entry::stat_fd(dst_fd).and_then(|now| {
                 let diff = node.src.attr_diff(&now, self.rules().owners, &self.rules().mtimes);
-                if diff.is_empty() { Ok(()) } else { ops::set_attrs_fd(dst_fd, &node.src, diff) }
+                if apply && !diff.is_empty() {
+                    ops::set_attrs_fd(dst_fd, &node.src, diff)?;
+                }
+                // Children never change a directory's attributes: what differs now, differed.
+                self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)
             });
-            if let Err(e) = result {
-                return self.record(counters, EntryError::io(Op::SetAttrs, &node.rel(), e));
+            match result {
+                Ok(changes) => {
+                    if let Some(diff) = &mut to_log {
+                        (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
+                    }
+                }
+                Err(e) => {
+                    return self.record(counters, EntryError::io(Op::SetAttrs, &node.rel(), e));
+                }
             }
         }
         if let Some(diff) = to_log.filter(|d| !d.is_empty()) {
@@ -1101,9 +1147,77 @@ impl Engine {
         src: Option<&Entry>,
         dst: Option<&Entry>,
     ) -> Action {
-        decide(src, dst, self.rules(), || {
+        let action = decide(src, dst, self.rules(), || {
             dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
-        })
+        });
+        self.with_xattr_changes(action, src_dir, dst_dir, name, src)
+    }
+
+    /// The namespaces still mirrored, or `None` with `--no-xattrs`.
+    fn xattrs(&self) -> Option<&XattrSupport> {
+        self.opts.xattrs.then_some(&self.xattr_support)
+    }
+
+    /// `statx` cannot see extended attributes: an entry that looks in sync, or that needs
+    /// only attributes, has them read on both sides. (Directories: when finalized.)
+    fn with_xattr_changes(
+        &self,
+        action: Action,
+        src_dir: &OwnedFd,
+        dst_dir: Option<&OwnedFd>,
+        name: &CStr,
+        src: Option<&Entry>,
+    ) -> Action {
+        let mut diff = match action {
+            Action::Nothing => AttrDiff::default(),
+            Action::Attrs(diff) => diff,
+            _ => return action,
+        };
+        let (Some(support), Some(dst_dir), Some(_)) = (self.xattrs(), dst_dir, src) else {
+            return action;
+        };
+        let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
+        match (read(src_dir), read(dst_dir)) {
+            (Ok(want), Ok(have)) => {
+                let changes = want.changes(&have, support);
+                (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
+            }
+            // Unreadable: applying the attributes meets the error again and reports it.
+            _ => diff.xattrs = true,
+        }
+        if diff.is_empty() { Action::Nothing } else { Action::Attrs(diff) }
+    }
+
+    /// SOURCE's extended attributes of `name`, when they are mirrored.
+    fn source_xattrs(
+        &self,
+        src_dir: &OwnedFd,
+        name: &CStr,
+        rel: &RelPath,
+    ) -> Result<Option<Xattrs>, EntryError> {
+        self.xattrs()
+            .map(|_| Xattrs::read(Handle::At(src_dir.as_fd(), name)))
+            .transpose()
+            .map_err(|e| EntryError::source(Op::Read, rel, e))
+    }
+
+    /// Makes an open REPLICA directory's extended attributes SOURCE's (`want`, read when
+    /// the directory was listed); what differed. `apply: false` only compares (dry run).
+    fn dir_xattrs(
+        &self,
+        want: Option<&Xattrs>,
+        dst_fd: &OwnedFd,
+        apply: bool,
+    ) -> io::Result<XattrChanges> {
+        let (Some(want), Some(support)) = (want, self.xattrs()) else {
+            return Ok(XattrChanges::default());
+        };
+        let have = Xattrs::read(Handle::Fd(dst_fd.as_fd()))?;
+        let changes = want.changes(&have, support);
+        if apply && changes != XattrChanges::default() {
+            want.apply(Handle::Fd(dst_fd.as_fd()), &have, support)?;
+        }
+        Ok(changes)
     }
 
     /// Carries out one non-directory decision (and removals of directories).
@@ -1158,20 +1272,22 @@ impl Engine {
             }
             (Action::CompareContent, Some(src), Some(dst)) => {
                 if self.same_content(src_dir, dst_dir, name, rel, src, dst)? {
-                    self.apply_attrs(dst_dir, name, rel, src, dst, counters)
+                    self.apply_attrs(src_dir, dst_dir, name, rel, src, dst, counters)
                 } else {
                     self.create_entry(src_dir, dst_dir, name, rel, src, Some(dst), true, counters)
                 }
             }
             (Action::Attrs(_), Some(src), Some(dst)) => {
-                self.apply_attrs(dst_dir, name, rel, src, dst, counters)
+                self.apply_attrs(src_dir, dst_dir, name, rel, src, dst, counters)
             }
             _ => Ok(()),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_attrs(
         &self,
+        src_dir: &OwnedFd,
         dst_dir: Option<&OwnedFd>,
         name: &CStr,
         rel: &RelPath,
@@ -1179,12 +1295,22 @@ impl Engine {
         dst: &Entry,
         counters: &Counters,
     ) -> Result<(), EntryError> {
-        let diff = src.attr_diff(dst, self.rules().owners, &self.rules().mtimes);
+        let mut diff = src.attr_diff(dst, self.rules().owners, &self.rules().mtimes);
+        let mut want = None;
+        if let (Some(support), Some(dir)) = (self.xattrs(), dst_dir) {
+            let source = self.source_xattrs(src_dir, name, rel)?.unwrap_or_default();
+            let have = Xattrs::read(Handle::At(dir.as_fd(), name))
+                .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
+            let changes = source.changes(&have, support);
+            (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
+            want = Some((source, support));
+        }
         if diff.is_empty() {
             return Ok(());
         }
         if let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) {
-            ops::set_attrs_at(dir.as_fd(), name, Expect::Same(dst), src, diff)
+            let xattrs = want.as_ref().map(|(w, s)| (w, *s));
+            ops::set_attrs_at(dir.as_fd(), name, Expect::Same(dst), src, diff, xattrs)
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
         }
         self.log_attrs(rel, diff);
@@ -1323,15 +1449,10 @@ impl Engine {
                             }
                             _ => EntryError::source(Op::Read, rel, e),
                         })?;
-                    ops::make_symlink(
-                        dir.as_fd(),
-                        name,
-                        &target,
-                        src,
-                        self.opts.copy.chown,
-                        &self.temp_names,
-                    )
-                    .map_err(|e| EntryError::io(Op::Create, rel, e))?;
+                    let xattrs = self.source_xattrs(src_dir, name, rel)?;
+                    let how = self.making(xattrs.as_ref());
+                    ops::make_symlink(dir.as_fd(), name, &target, src, &how)
+                        .map_err(|e| EntryError::io(Op::Create, rel, e))?;
                 }
                 replaced();
                 info!(action = %"create", path = %rel, kind = %"symlink");
@@ -1339,13 +1460,8 @@ impl Engine {
             }
             Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => {
                 if let Some(dir) = dst_dir {
-                    match ops::make_special(
-                        dir.as_fd(),
-                        name,
-                        src,
-                        self.opts.copy.chown,
-                        &self.temp_names,
-                    ) {
+                    let xattrs = self.source_xattrs(src_dir, name, rel)?;
+                    match ops::make_special(dir.as_fd(), name, src, &self.making(xattrs.as_ref())) {
                         Err(e)
                             if e.raw_os_error() == Some(libc::EPERM) && src.kind != Kind::Fifo =>
                         {
@@ -1366,6 +1482,14 @@ impl Engine {
             Kind::Dir | Kind::Socket => {}
         }
         Ok(())
+    }
+
+    fn making<'a>(&'a self, xattrs: Option<&'a Xattrs>) -> Making<'a> {
+        Making {
+            chown: self.opts.copy.chown,
+            temp_names: &self.temp_names,
+            xattrs: xattrs.zip(self.xattrs()),
+        }
     }
 
     /// Copies a file; when it changed during the copy, tries again a couple of times with
@@ -1392,6 +1516,7 @@ impl Engine {
                 caps: &self.caps,
                 md5_cache: self.md5.as_ref(),
                 cancelled: &cancelled,
+                xattrs: self.xattrs(),
             };
             let result = ops::copy_file(src_dir.as_fd(), dst_dir.as_fd(), name, &ctx);
             match result {
@@ -1447,7 +1572,7 @@ impl Engine {
     }
 
     fn log_attrs(&self, rel: &RelPath, diff: AttrDiff) {
-        let mut what = Vec::with_capacity(3);
+        let mut what = Vec::with_capacity(5);
         if diff.mode {
             what.push("mode");
         }
@@ -1456,6 +1581,12 @@ impl Engine {
         }
         if diff.owner {
             what.push("owner");
+        }
+        if diff.xattrs {
+            what.push("xattrs");
+        }
+        if diff.acl {
+            what.push("acl");
         }
         info!(action = %"attrs", path = %rel, changed = %what.join(","));
     }
@@ -1531,6 +1662,8 @@ struct Item {
 struct DirNode {
     place: Place,
     src: Entry,
+    /// SOURCE's extended attributes, read when it was listed (`None`: not mirrored).
+    src_xattrs: Option<Xattrs>,
     dst_before: Option<Entry>,
     dst_fd: Option<OwnedFd>,
     created: bool,
@@ -1590,6 +1723,7 @@ impl DirNode {
         Arc::new(DirNode {
             place: Place::Top(rel),
             src: placeholder,
+            src_xattrs: None,
             dst_before: None,
             dst_fd,
             created: false,
@@ -1754,7 +1888,7 @@ mod tests {
         let plain = Rules { owners: true, checksum: false, mtimes: exact };
         let checksum = Rules { owners: true, checksum: true, mtimes: exact };
         let no_owners = Rules { owners: false, checksum: false, mtimes: exact };
-        let mode_only = AttrDiff { mode: true, mtime: false, owner: false };
+        let mode_only = AttrDiff { mode: true, ..AttrDiff::default() };
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("nothing on either side", None, None, plain, true, Action::Nothing),

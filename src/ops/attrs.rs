@@ -1,7 +1,8 @@
 //! Setting owner, mode and mtime on REPLICA entries without ever resolving a name that a
 //! stranger could have swapped. An entry named in a directory is first pinned with an
 //! `O_PATH|O_NOFOLLOW` descriptor (no side effects, even on a FIFO or a device), checked to
-//! still be the very inode that was decided on, and changed only through that descriptor.
+//! still be the very inode that was decided on, and changed only through that descriptor
+//! (extended attributes and ACLs included).
 //! Knows nothing of when attributes need setting.
 
 use std::ffi::CStr;
@@ -11,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use super::xattrs::{Handle, XattrSupport, Xattrs};
 use crate::entry::{AttrDiff, Entry, Kind, Time};
 
 /// What the entry at a name must still be when its attributes are changed.
@@ -47,6 +49,7 @@ pub fn set_attrs_at(
     expect: Expect<'_>,
     src: &Entry,
     diff: AttrDiff,
+    xattrs: Option<(&Xattrs, &XattrSupport)>,
 ) -> io::Result<()> {
     if diff.is_empty() {
         return Ok(());
@@ -58,6 +61,18 @@ pub fn set_attrs_at(
     }
     if pinned.kind != Kind::Symlink && needs_chmod(src, diff) {
         chmod_pinned(&pinned.fd, src.mode)?;
+    }
+    // After chown, which drops `security.capability`; an access ACL and the mode's group
+    // bits agree in SOURCE, so setting one after the other leaves both equal.
+    if let Some((want, support)) = xattrs.filter(|_| diff.xattrs || diff.acl) {
+        // A symlink's own attributes by name, never followed (its inode was just checked);
+        // everything else through the pinned descriptor.
+        let handle = match pinned.kind {
+            Kind::Symlink => Handle::At(dirfd, name),
+            _ => Handle::Pinned(pinned.fd.as_fd()),
+        };
+        let have = Xattrs::read(handle)?;
+        want.apply(handle, &have, support)?;
     }
     if diff.mtime {
         utimes_pinned(&pinned, dirfd, name, src.mtime)?;
@@ -260,9 +275,15 @@ mod tests {
             .expect("mkfifo");
         });
         let src = source_like(Kind::Fifo);
-        let err =
-            set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(true))
-                .expect_err("a swapped name must be refused");
+        let err = set_attrs_at(
+            s.dir.as_fd(),
+            c"x",
+            Expect::Same(&decided),
+            &src,
+            AttrDiff::all(true),
+            None,
+        )
+        .expect_err("a swapped name must be refused");
         assert_eq!(err.kind(), io::ErrorKind::StaleNetworkFileHandle, "{err}");
         assert_eq!(outside_state(&s), before, "the file outside REPLICA changed");
     }
@@ -274,8 +295,15 @@ mod tests {
         let decided = decided_then_swapped(&s, |p| std::fs::write(p, b"r").expect("write"));
         let src = source_like(Kind::File);
         assert!(
-            set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(true))
-                .is_err()
+            set_attrs_at(
+                s.dir.as_fd(),
+                c"x",
+                Expect::Same(&decided),
+                &src,
+                AttrDiff::all(true),
+                None
+            )
+            .is_err()
         );
         assert_eq!(outside_state(&s), before, "the file outside REPLICA changed");
     }
@@ -287,9 +315,15 @@ mod tests {
         std::fs::hard_link(&s.outside, s.base.join("replica/x")).expect("link");
         let decided = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
         let src = source_like(Kind::File);
-        let err =
-            set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(true))
-                .expect_err("a linked inode must be refused");
+        let err = set_attrs_at(
+            s.dir.as_fd(),
+            c"x",
+            Expect::Same(&decided),
+            &src,
+            AttrDiff::all(true),
+            None,
+        )
+        .expect_err("a linked inode must be refused");
         assert_eq!(err.kind(), io::ErrorKind::StaleNetworkFileHandle, "{err}");
         assert_eq!(outside_state(&s), before, "the file outside REPLICA changed");
     }
@@ -308,7 +342,7 @@ mod tests {
         let decided = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
         let mut src = source_like(Kind::Fifo);
         src.mode = 0o751;
-        set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(false))
+        set_attrs_at(s.dir.as_fd(), c"x", Expect::Same(&decided), &src, AttrDiff::all(false), None)
             .expect("set");
         let now = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
         assert_eq!((now.mode, now.mtime), (0o751, src.mtime));

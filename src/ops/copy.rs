@@ -1,18 +1,20 @@
 //! Copying one file into REPLICA: content to a fresh temporary name (reflink, holes kept,
 //! copy_file_range in chunks that notice cancellation), a check that the source did not
-//! move meanwhile, owner/mode/mtime on the open descriptor, then one rename into place.
+//! move meanwhile, owner/mode/mtime and extended attributes on the open descriptor, then
+//! one rename into place.
 //! Knows nothing of when a copy is needed.
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::attrs::set_attrs_fd;
+use super::xattrs::{Handle, XattrSupport, Xattrs};
 use super::{TempFile, TempNames, in_writable_dir};
 use crate::checksum::{self, Md5Cache};
 use crate::entry::{AttrDiff, Entry, Kind};
@@ -45,6 +47,8 @@ pub struct CopyContext<'a> {
     pub md5_cache: Option<&'a Md5Cache>,
     /// Polled between chunks; a cancelled copy removes its temporary file.
     pub cancelled: &'a dyn Fn() -> bool,
+    /// Extended attributes and ACLs are mirrored, as far as REPLICA takes them.
+    pub xattrs: Option<&'a XattrSupport>,
 }
 
 /// What the copy path learned about the filesystems, so a failing probe is not repeated
@@ -97,6 +101,8 @@ pub fn copy_file(
     temp.created();
 
     let copied = copy_content(&src, &tmp, &before, ctx.caps, ctx.cancelled)?;
+    // Read before the after-check: an attribute changed meanwhile moves the ctime.
+    let xattrs = ctx.xattrs.map(|_| Xattrs::read(Handle::Fd(src.as_fd()))).transpose()?;
     let after = Entry::stat_fd(&src)?;
     if !after.unchanged_since(&before) || copied != before.size {
         return Err(EntryErrorKind::ChangedDuringCopy);
@@ -116,6 +122,13 @@ pub fn copy_file(
         rustix::fs::fdatasync(&tmp)?;
     }
     set_attrs_fd(&tmp, &before, AttrDiff::all(ctx.opts.chown))?;
+    // After chown (which drops `security.capability` and setuid bits), before the rename:
+    // the file never shows under its name without them. The temporary file may have
+    // inherited a default ACL or a label: those go unless SOURCE has them.
+    if let (Some(want), Some(support)) = (&xattrs, ctx.xattrs) {
+        let have = Xattrs::read(Handle::Fd(tmp.as_fd()))?;
+        want.apply(Handle::Fd(tmp.as_fd()), &have, support)?;
+    }
     temp.rename_into_place(name)?;
     if ctx.opts.fsync {
         rustix::fs::fsync(dst_dir)?;

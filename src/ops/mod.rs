@@ -9,6 +9,8 @@ mod attrs;
 mod copy;
 mod probe;
 mod remove;
+mod xattr_sys;
+mod xattrs;
 
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
@@ -27,6 +29,7 @@ pub use attrs::{Expect, open_pinned_for_reading, set_attrs_at, set_attrs_fd};
 pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file};
 pub use probe::probe_replica;
 pub use remove::{Removal, Removed, remove_tree};
+pub use xattrs::{Handle, Namespace, XattrChanges, XattrSupport, Xattrs};
 
 use crate::entry::{AttrDiff, Entry, Kind};
 use crate::relpath::Escaped;
@@ -210,6 +213,23 @@ impl Drop for TempFile<'_> {
 // Symlinks, FIFOs, devices
 // ---------------------------------------------------------------------------------------
 
+/// How new symlinks, FIFOs and devices are made.
+pub struct Making<'a> {
+    /// Give them SOURCE's owner.
+    pub chown: bool,
+    /// Where temporary names come from.
+    pub temp_names: &'a TempNames,
+    /// SOURCE's extended attributes and ACLs, set before the rename (`None`: not mirrored).
+    pub xattrs: Option<(&'a Xattrs, &'a XattrSupport)>,
+}
+
+impl Making<'_> {
+    fn all_attrs(&self) -> AttrDiff {
+        let x = self.xattrs.is_some();
+        AttrDiff { xattrs: x, acl: x, ..AttrDiff::all(self.chown) }
+    }
+}
+
 /// Creates (or atomically replaces a non-directory with) a symlink `name -> target` with
 /// the source's owner and mtime.
 pub fn make_symlink(
@@ -217,13 +237,13 @@ pub fn make_symlink(
     name: &CStr,
     target: &CStr,
     src: &Entry,
-    chown: bool,
-    temp_names: &TempNames,
+    how: &Making<'_>,
 ) -> io::Result<()> {
-    let mut temp = TempFile::new(dirfd, temp_names);
+    let mut temp = TempFile::new(dirfd, how.temp_names);
     in_writable_dir(dirfd, || rustix::fs::symlinkat(target, dirfd, temp.name()))?;
     temp.created();
-    set_attrs_at(dirfd, temp.name(), Expect::Fresh(Kind::Symlink), src, AttrDiff::all(chown))?;
+    let diff = how.all_attrs();
+    set_attrs_at(dirfd, temp.name(), Expect::Fresh(Kind::Symlink), src, diff, how.xattrs)?;
     temp.rename_into_place(name)
 }
 
@@ -232,8 +252,7 @@ pub fn make_special(
     dirfd: BorrowedFd<'_>,
     name: &CStr,
     src: &Entry,
-    chown: bool,
-    temp_names: &TempNames,
+    how: &Making<'_>,
 ) -> io::Result<()> {
     let file_type = match src.kind {
         Kind::Fifo => FileType::Fifo,
@@ -241,11 +260,12 @@ pub fn make_special(
         Kind::BlockDevice => FileType::BlockDevice,
         _ => return Err(io::Error::from(io::ErrorKind::InvalidInput)),
     };
-    let mut temp = TempFile::new(dirfd, temp_names);
+    let mut temp = TempFile::new(dirfd, how.temp_names);
     let mode = Mode::from_raw_mode(0o600);
     in_writable_dir(dirfd, || rustix::fs::mknodat(dirfd, temp.name(), file_type, mode, src.rdev))?;
     temp.created();
-    set_attrs_at(dirfd, temp.name(), Expect::Fresh(src.kind), src, AttrDiff::all(chown))?;
+    let diff = how.all_attrs();
+    set_attrs_at(dirfd, temp.name(), Expect::Fresh(src.kind), src, diff, how.xattrs)?;
     temp.rename_into_place(name)
 }
 
