@@ -151,25 +151,61 @@ fn either<A, T>(
 impl Handle<'_> {
     fn list(self, buf: &mut [u8]) -> Result<usize, Errno> {
         match self {
-            Handle::Fd(fd) => rustix::fs::flistxattr(fd, buf),
+            Handle::Fd(fd) => {
+                if buf.is_empty() {
+                    rustix::fs::flistxattr_query(fd)
+                } else {
+                    rustix::fs::flistxattr(fd, buf)
+                }
+            }
             Handle::At(dir, name) => either(
                 buf,
                 |b| sys::list(dir, name, NOFOLLOW, b),
-                |b| rustix::fs::llistxattr(proc_path(dir, Some(name)).as_c_str(), &mut **b),
+                |b| {
+                    if b.is_empty() {
+                        rustix::fs::llistxattr_query(proc_path(dir, Some(name)).as_c_str())
+                    } else {
+                        rustix::fs::llistxattr(proc_path(dir, Some(name)).as_c_str(), &mut **b)
+                    }
+                },
             ),
-            Handle::Pinned(fd) => rustix::fs::listxattr(proc_path(fd, None).as_c_str(), buf),
+            Handle::Pinned(fd) => {
+                if buf.is_empty() {
+                    rustix::fs::listxattr_query(proc_path(fd, None).as_c_str())
+                } else {
+                    rustix::fs::listxattr(proc_path(fd, None).as_c_str(), buf)
+                }
+            }
         }
     }
 
     fn get(self, attr: &CStr, buf: &mut [u8]) -> Result<usize, Errno> {
         match self {
-            Handle::Fd(fd) => rustix::fs::fgetxattr(fd, attr, buf),
+            Handle::Fd(fd) => {
+                if buf.is_empty() {
+                    rustix::fs::fgetxattr_query(fd, attr)
+                } else {
+                    rustix::fs::fgetxattr(fd, attr, buf)
+                }
+            }
             Handle::At(dir, name) => either(
                 buf,
                 |b| sys::get(dir, name, NOFOLLOW, attr, b),
-                |b| rustix::fs::lgetxattr(proc_path(dir, Some(name)).as_c_str(), attr, &mut **b),
+                |b| {
+                    if b.is_empty() {
+                        rustix::fs::lgetxattr_query(proc_path(dir, Some(name)).as_c_str(), attr)
+                    } else {
+                        rustix::fs::lgetxattr(proc_path(dir, Some(name)).as_c_str(), attr, &mut **b)
+                    }
+                },
             ),
-            Handle::Pinned(fd) => rustix::fs::getxattr(proc_path(fd, None).as_c_str(), attr, buf),
+            Handle::Pinned(fd) => {
+                if buf.is_empty() {
+                    rustix::fs::getxattr_query(proc_path(fd, None).as_c_str(), attr)
+                } else {
+                    rustix::fs::getxattr(proc_path(fd, None).as_c_str(), attr, buf)
+                }
+            }
         }
     }
 
