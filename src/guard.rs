@@ -74,6 +74,11 @@ impl Guard {
         })
     }
 
+    /// The device SOURCE's root is on (what `--one-file-system` stays on).
+    pub fn source_dev(&self) -> u64 {
+        self.source_fs.dev
+    }
+
     /// True if `entry` is a directory that is SOURCE, REPLICA, or holds one of them: met
     /// below a root, it can only be a bind mount, and entering it would loop or leave REPLICA.
     pub fn is_boundary(&self, entry: &Entry) -> bool {

@@ -587,7 +587,9 @@ impl Engine {
             };
             let ids = (Entry::stat_fd(&src_dir), Entry::stat_fd(&dst_dir));
             let (Ok(src_entry), Ok(dst_entry)) = ids else { return };
-            if self.at_boundary(Some(&src_entry), Some(&dst_entry), &child) {
+            if self.at_boundary(Some(&src_entry), Some(&dst_entry), &child)
+                || self.other_filesystem(&src_entry, false)
+            {
                 return;
             }
             if created {
@@ -924,8 +926,13 @@ impl Engine {
         scope: &rayon::Scope<'s>,
         counters: &'s Counters,
     ) -> Result<(), EntryError> {
-        let mut src_names =
-            ops::list_dir(&src_fd).map_err(|e| EntryError::source(Op::List, &node.rel(), e))?;
+        // `-x`: a filesystem mounted here is not ours to read; its mount point is mirrored
+        // as an empty directory.
+        let mut src_names = if self.other_filesystem(&node.src, node.is_root()) {
+            Vec::new()
+        } else {
+            ops::list_dir(&src_fd).map_err(|e| EntryError::source(Op::List, &node.rel(), e))?
+        };
         let mut dst_names = match &node.dst_fd {
             Some(fd) => ops::list_dir(fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?,
             None => Vec::new(),
@@ -1068,6 +1075,15 @@ impl Engine {
             }
         }
         hit
+    }
+
+    /// `--one-file-system`: `src` is a directory on another filesystem than SOURCE's root
+    /// (or a bind mount), whose content is not mirrored.
+    fn other_filesystem(&self, src: &Entry, is_root: bool) -> bool {
+        self.opts.one_file_system
+            && src.kind == Kind::Dir
+            && !is_root
+            && (src.dev != self.guard.source_dev() || src.mount_root)
     }
 
     /// SOURCE, REPLICA or a directory holding one (seen below a root), or a file of ours.
@@ -1700,6 +1716,11 @@ impl DirNode {
             path.push(OsStr::from_bytes(name.to_bytes()));
         }
         path
+    }
+
+    /// True for SOURCE's and REPLICA's root directory itself.
+    fn is_root(&self) -> bool {
+        matches!(&self.place, Place::Top(rel) if rel.is_root())
     }
 
     /// A parent for event work below it: provides its replica descriptor; its attributes
