@@ -29,6 +29,9 @@ use crate::ops::{
 };
 use crate::relpath::RelPath;
 
+mod links;
+use links::{LinkGroups, LinkIndex, LinkRoots};
+
 // =======================================================================================
 // Deciding (pure)
 // =======================================================================================
@@ -65,6 +68,8 @@ pub struct Rules {
     pub checksum: bool,
     /// What REPLICA's filesystem can store of a modification time.
     pub mtimes: MtimeStore,
+    /// Hard links are mirrored: a replica file may have as many names as SOURCE's.
+    pub hard_links: bool,
 }
 
 /// Decides what the replica entry needs. `same_link_target` is asked only when both sides
@@ -106,11 +111,17 @@ pub fn decide(
 }
 
 /// A replica file whose content someone other than replicad may have put there: its inode
-/// has another name (perhaps outside REPLICA), or another owner than SOURCE's file. Its
-/// attributes are never changed in place — that could hand SOURCE's owner or setuid bits
-/// to that content, or change a file outside REPLICA — it is copied again instead.
+/// has more names than SOURCE's link group accounts for (perhaps one outside REPLICA), or
+/// another owner than SOURCE's file. Its attributes are never changed in place — that
+/// could hand SOURCE's owner or setuid bits to that content, or change a file outside
+/// REPLICA — it is copied again instead. Setuid/setgid bits are never added in place to
+/// an inode with a second name at all.
 fn foreign_content(src: &Entry, dst: &Entry, rules: Rules) -> bool {
-    dst.nlink > 1 || (rules.owners && (src.uid, src.gid) != (dst.uid, dst.gid))
+    let names = if rules.hard_links && src.kind == Kind::File { src.nlink.max(1) } else { 1 };
+    let setid_to_shared = dst.nlink > 1 && src.mode & 0o6000 != 0 && src.mode != dst.mode;
+    dst.nlink > names
+        || setid_to_shared
+        || (rules.owners && (src.uid, src.gid) != (dst.uid, dst.gid))
 }
 
 // =======================================================================================
@@ -132,6 +143,8 @@ pub struct Counts {
     pub attrs: u64,
     /// Renames that followed a rename in SOURCE.
     pub rename: u64,
+    /// Names given to a REPLICA file because they share its inode in SOURCE (hard links).
+    pub link: u64,
     /// Entries removed (a directory counts once).
     pub remove: u64,
     /// Entries that could not be mirrored.
@@ -147,7 +160,7 @@ pub struct Counts {
 impl Counts {
     /// Number of changes made (or, in a dry run, that would be made).
     pub fn changes(&self) -> u64 {
-        self.create + self.copy + self.update + self.attrs + self.rename + self.remove
+        self.create + self.copy + self.update + self.attrs + self.rename + self.link + self.remove
     }
 
     fn add(&mut self, o: &Counts) {
@@ -157,6 +170,7 @@ impl Counts {
         self.update += o.update;
         self.attrs += o.attrs;
         self.rename += o.rename;
+        self.link += o.link;
         self.remove += o.remove;
         self.errors += o.errors;
         self.skipped += o.skipped;
@@ -178,6 +192,9 @@ pub struct PassReport {
     pub transient: bool,
     /// Shutdown interrupted the work.
     pub cancelled: bool,
+    /// Event work met a hard-linked file whose other names it could not find (a link made
+    /// across directories): only a full pass can join them.
+    pub links_unresolved: bool,
 }
 
 impl PassReport {
@@ -205,6 +222,7 @@ impl PassReport {
         self.guard = self.guard.take().or(other.guard);
         self.transient |= other.transient;
         self.cancelled |= other.cancelled;
+        self.links_unresolved |= other.links_unresolved;
     }
 
     /// The pass summary line (SPEC §3).
@@ -218,6 +236,7 @@ impl PassReport {
             update = c.update,
             attrs = c.attrs,
             rename = c.rename,
+            link = c.link,
             remove = c.remove,
             errors = c.errors,
             skipped = c.skipped,
@@ -229,6 +248,8 @@ impl PassReport {
     }
 }
 
+/// One run's shared state: what it did, and the hard-linked names it met (settled once
+/// the walk is done).
 #[derive(Default)]
 struct Counters {
     scanned: AtomicU64,
@@ -237,12 +258,15 @@ struct Counters {
     update: AtomicU64,
     attrs: AtomicU64,
     rename: AtomicU64,
+    link: AtomicU64,
     remove: AtomicU64,
     errors: AtomicU64,
     skipped: AtomicU64,
     vanished: AtomicU64,
     bytes: AtomicU64,
     transient: AtomicBool,
+    links_unresolved: AtomicBool,
+    links: LinkGroups,
 }
 
 impl Counters {
@@ -259,12 +283,43 @@ impl Counters {
             update: get(&self.update),
             attrs: get(&self.attrs),
             rename: get(&self.rename),
+            link: get(&self.link),
             remove: get(&self.remove),
             errors: get(&self.errors),
             skipped: get(&self.skipped),
             vanished: get(&self.vanished),
             bytes: get(&self.bytes),
         }
+    }
+
+    /// Adds what another run's counters (a part of this run done on its own) counted.
+    fn absorb(&self, other: &Counters) {
+        let c = other.snapshot();
+        for (to, by) in [
+            (&self.scanned, c.scanned),
+            (&self.create, c.create),
+            (&self.copy, c.copy),
+            (&self.update, c.update),
+            (&self.attrs, c.attrs),
+            (&self.rename, c.rename),
+            (&self.link, c.link),
+            (&self.remove, c.remove),
+            (&self.errors, c.errors),
+            (&self.skipped, c.skipped),
+            (&self.vanished, c.vanished),
+            (&self.bytes, c.bytes),
+        ] {
+            Counters::bump(to, by);
+        }
+        if other.transient.load(Ordering::Relaxed) {
+            self.transient.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True if anything went wrong (an error, a vanished entry, a copy to retry).
+    fn troubled(&self) -> bool {
+        let c = self.snapshot();
+        c.errors + c.vanished > 0 || self.transient.load(Ordering::Relaxed)
     }
 }
 
@@ -309,6 +364,8 @@ pub struct Engine {
     caps: CopyCaps,
     /// Attribute namespaces REPLICA turned down.
     xattr_support: XattrSupport,
+    /// SOURCE's multiply-linked inodes and their names, as last seen.
+    links: LinkIndex,
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
     progress: AtomicU64,
@@ -352,6 +409,7 @@ impl Engine {
                 owners: config.chown,
                 checksum: config.checksum,
                 mtimes: MtimeStore::default(),
+                hard_links: config.hard_links,
             },
             mtimes: OnceLock::new(),
             mtimes_warned: AtomicBool::new(false),
@@ -360,6 +418,7 @@ impl Engine {
             temp_names: TempNames::default(),
             caps: CopyCaps::default(),
             xattr_support: XattrSupport::default(),
+            links: LinkIndex::default(),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
@@ -443,14 +502,37 @@ impl Engine {
             let mut report = PassReport::default();
             match self.open_roots() {
                 Err(trip) => report.guard = Some(trip),
-                Ok(roots) => work(roots, &counters),
+                Ok(roots) => {
+                    let link_roots = self.link_roots(&roots);
+                    work(roots, &counters);
+                    // Event work: the hard-linked names it met, settled as groups.
+                    if let Some(link_roots) = link_roots {
+                        self.settle_links(&link_roots, false, &counters);
+                    }
+                }
             }
             report.counts = counters.snapshot();
             report.transient = counters.transient.load(Ordering::Relaxed);
+            report.links_unresolved = counters.links_unresolved.load(Ordering::Relaxed);
             report.cancelled = self.cancel.is_cancelled();
             report.duration = started.elapsed();
             report
         })
+    }
+
+    /// Second descriptors of both roots for settling link groups after the walk (which
+    /// consumes the first); `None` without `--hard-links` or when they cannot be had (the
+    /// names are then applied one by one, as separate files).
+    fn link_roots(&self, roots: &OpenRoots) -> Option<LinkRoots> {
+        if !self.opts.hard_links {
+            return None;
+        }
+        let src = dup(&roots.src).ok()?;
+        let dst = match &roots.dst {
+            Some(d) => Some(dup(d).ok()?),
+            None => None,
+        };
+        Some(LinkRoots { src, dst })
     }
 
     /// Opens both roots anew through the guards (see `guard`). Before the first piece of
@@ -511,6 +593,7 @@ impl Engine {
             }
         };
         let replica_fs = roots.dst.as_ref().map(dup);
+        let link_roots = self.link_roots(&roots);
         let fresh = self.fresh_replica.swap(false, Ordering::Relaxed);
         if fresh {
             info!(action = %"create", path = %root, kind = %"dir");
@@ -519,6 +602,9 @@ impl Engine {
         let open = Opening::Root { src: roots.src, dst: roots.dst, fresh };
         let job = DirJob { src, dst, open, parent: None };
         self.run_work(Work::Dir(job), counters);
+        if let Some(link_roots) = &link_roots {
+            self.settle_links(link_roots, true, counters);
+        }
         let changed = counters.snapshot().changes() > 0;
         // A stop does not wait for the flush (it can take minutes on a slow disk); the
         // kernel writes the data back on its own, and every file was renamed complete.
@@ -693,8 +779,10 @@ impl Engine {
                 }
             }
             (action, src) => {
-                let item = Item { name, src, dst, action };
-                self.apply(src_dir, Some(dst_dir), dir_rel, item, counters);
+                if !self.defer_link(|| rel.clone(), src.as_ref(), dst.as_ref(), action, counters) {
+                    let item = Item { name, src, dst, action };
+                    self.apply(src_dir, Some(dst_dir), dir_rel, item, counters);
+                }
             }
         }
         self.fix_dir_attrs(src_dir, dst_dir, dir_rel, counters);
@@ -1004,6 +1092,9 @@ impl Engine {
             self.note_mtime_precision(&LazyRel(&rel), src);
         }
         let action = self.decide_at(src_fd, node.dst_fd.as_ref(), name, src.as_ref(), dst.as_ref());
+        if self.defer_link(rel, src.as_ref(), dst.as_ref(), action, counters) {
+            return None;
+        }
         (action != Action::Nothing).then(|| Item { name: name.to_owned(), src, dst, action })
     }
 
@@ -1169,6 +1260,13 @@ impl Engine {
         self.with_xattr_changes(action, src_dir, dst_dir, name, src)
     }
 
+    /// What the replica entry `dst`, decided on against `src`, must still be when it is
+    /// changed or read in place: a file of a link group may have SOURCE's group's names.
+    fn expect<'a>(&self, src: &Entry, dst: &'a Entry) -> Expect<'a> {
+        let grouped = self.opts.hard_links && src.kind == Kind::File && src.nlink > 1;
+        if grouped && dst.nlink <= src.nlink { Expect::Linked(dst) } else { Expect::Same(dst) }
+    }
+
     /// The namespaces still mirrored, or `None` with `--no-xattrs`.
     fn xattrs(&self) -> Option<&XattrSupport> {
         self.opts.xattrs.then_some(&self.xattr_support)
@@ -1326,7 +1424,7 @@ impl Engine {
         }
         if let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) {
             let xattrs = want.as_ref().map(|(w, s)| (w, *s));
-            ops::set_attrs_at(dir.as_fd(), name, Expect::Same(dst), src, diff, xattrs)
+            ops::set_attrs_at(dir.as_fd(), name, self.expect(src, dst), src, diff, xattrs)
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
         }
         self.log_attrs(rel, diff);
@@ -1581,7 +1679,7 @@ impl Engine {
             .and_then(|fd| md5(fd, src).map_err(|e| EntryError::io(Op::Read, rel, e)))?;
         // The replica side is opened only once it is known to be the file decided on (a
         // device node renamed onto the name must not even be opened).
-        let b = ops::open_pinned_for_reading(dst_dir.as_fd(), name, Expect::Same(dst))
+        let b = ops::open_pinned_for_reading(dst_dir.as_fd(), name, self.expect(src, dst))
             .and_then(|fd| md5(fd, dst))
             .map_err(|e| EntryError::io(Op::Read, rel, e))?;
         Ok(a == b)
@@ -1906,9 +2004,15 @@ mod tests {
         let fifo = entry(Kind::Fifo);
         let dev = with(Kind::CharDevice, |e| e.rdev = 7);
         let exact = MtimeStore::default();
-        let plain = Rules { owners: true, checksum: false, mtimes: exact };
-        let checksum = Rules { owners: true, checksum: true, mtimes: exact };
-        let no_owners = Rules { owners: false, checksum: false, mtimes: exact };
+        let plain = Rules { owners: true, checksum: false, mtimes: exact, hard_links: false };
+        let checksum = Rules { checksum: true, ..plain };
+        let no_owners = Rules { owners: false, ..plain };
+        let links = Rules { hard_links: true, ..plain };
+        let linked = |n: u64| with(Kind::File, |e| e.nlink = n);
+        let setuid = with(Kind::File, |e| {
+            e.nlink = 2;
+            e.mode = 0o4755
+        });
         let mode_only = AttrDiff { mode: true, ..AttrDiff::default() };
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
@@ -1932,6 +2036,12 @@ mod tests {
             ("fifo mode differs, ours: attrs", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.mode = 0o600)), plain, true, Action::Attrs(mode_only)),
             ("hard-linked replica file: copied again even if equal", Some(file.clone()), Some(with(Kind::File, |e| e.nlink = 2)), plain, true, Action::Update),
             ("hard-linked fifo with a mode to fix: replace", Some(fifo.clone()), Some(with(Kind::Fifo, |e| { e.nlink = 2; e.mode = 0o600 })), plain, true, Action::Replace),
+            ("link group as large as SOURCE's: nothing", Some(linked(2)), Some(linked(2)), links, true, Action::Nothing),
+            ("link group smaller than SOURCE's (names outside): nothing", Some(linked(3)), Some(linked(2)), links, true, Action::Nothing),
+            ("more names than SOURCE's group: copied again", Some(linked(2)), Some(linked(3)), links, true, Action::Update),
+            ("linked, mode differs: attrs in place", Some(linked(2)), Some(with(Kind::File, |e| { e.nlink = 2; e.mode = 0o600 })), links, true, Action::Attrs(mode_only)),
+            ("setuid never added in place to a shared inode", Some(setuid.clone()), Some(linked(2)), links, true, Action::Update),
+            ("a fifo's second name is never a group", Some(with(Kind::Fifo, |e| e.nlink = 2)), Some(with(Kind::Fifo, |e| { e.nlink = 2; e.mode = 0o600 })), links, true, Action::Replace),
             ("hard-linked fifo already right: nothing", Some(fifo.clone()), Some(with(Kind::Fifo, |e| e.nlink = 2)), plain, true, Action::Nothing),
             ("file over a symlink: replace", Some(file.clone()), Some(link.clone()), plain, true, Action::Replace),
             ("fifo over a file: replace", Some(fifo.clone()), Some(file.clone()), plain, true, Action::Replace),

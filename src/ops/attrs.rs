@@ -18,11 +18,18 @@ use crate::entry::{AttrDiff, Entry, Kind, Time};
 /// What the entry at a name must still be when its attributes are changed.
 #[derive(Clone, Copy, Debug)]
 pub enum Expect<'a> {
-    /// The entry that was statted when the change was decided (same device, inode, type).
+    /// The entry that was statted when the change was decided (same device, inode, type),
+    /// with no second name.
     Same(&'a Entry),
+    /// Like `Same`, for a file of a link group: as many names as it had when decided (no
+    /// more than SOURCE's group, or the decision would have replaced it).
+    Linked(&'a Entry),
     /// An entry this process has just created under a temporary name: of this type, owned
     /// by this process's user.
     Fresh(Kind),
+    /// The REPLICA file of a link group that is about to get one more name: this regular
+    /// file (device, inode), with fewer names than SOURCE's group has.
+    LinkTarget(&'a Entry, u64),
 }
 
 /// Sets owner, then mode (chown clears setuid), then mtime on an open descriptor.
@@ -81,23 +88,31 @@ pub fn set_attrs_at(
 }
 
 /// A descriptor that refers to one inode for good, whatever later happens to its name.
-struct Pinned {
-    fd: OwnedFd,
+pub(super) struct Pinned {
+    pub(super) fd: OwnedFd,
     kind: Kind,
 }
 
 /// Opens `name` as `O_PATH|O_NOFOLLOW` (which never opens the file itself: no FIFO
 /// handshake, no device side effect, no permission needed) and checks what it refers to.
-fn pin(dirfd: BorrowedFd<'_>, name: &CStr, expect: Expect<'_>) -> io::Result<Pinned> {
+pub(super) fn pin(dirfd: BorrowedFd<'_>, name: &CStr, expect: Expect<'_>) -> io::Result<Pinned> {
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dirfd, name, flags, Mode::empty())?;
     let now = Entry::stat_fd(&fd)?;
-    let expected = match expect {
-        Expect::Same(was) => now.kind == was.kind && now.dev == was.dev && now.ino == was.ino,
-        Expect::Fresh(kind) => now.kind == kind && now.uid == rustix::process::geteuid().as_raw(),
+    let same = |was: &Entry| now.kind == was.kind && now.dev == was.dev && now.ino == was.ino;
+    let (expected, names) = match expect {
+        Expect::Same(was) => (same(was), 1),
+        Expect::Linked(was) => (same(was), was.nlink.max(1)),
+        Expect::Fresh(kind) => {
+            (now.kind == kind && now.uid == rustix::process::geteuid().as_raw(), 1)
+        }
+        Expect::LinkTarget(was, group) => {
+            (same(was) && now.kind == Kind::File, group.saturating_sub(1))
+        }
     };
-    // A second name means the inode may also live outside REPLICA: never change it in place.
-    let private = now.kind == Kind::Dir || now.nlink == 1;
+    // More names than the decision (or SOURCE's link group) accounts for: the inode may
+    // also live outside REPLICA, so it is never changed or linked in place.
+    let private = now.kind == Kind::Dir || now.nlink <= names;
     if !expected || !private {
         return Err(io::Error::new(
             io::ErrorKind::StaleNetworkFileHandle,
@@ -177,7 +192,7 @@ fn utimes_pinned(
     }
 }
 
-fn proc_fd_path(fd: &OwnedFd) -> String {
+pub(super) fn proc_fd_path(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 

@@ -7,6 +7,7 @@
 
 mod attrs;
 mod copy;
+mod link;
 mod probe;
 mod remove;
 mod xattr_sys;
@@ -27,6 +28,7 @@ use rustix::io::Errno;
 
 pub use attrs::{Expect, open_pinned_for_reading, set_attrs_at, set_attrs_fd};
 pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file};
+pub use link::link_into_place;
 pub use probe::probe_replica;
 pub use remove::{Removal, Removed, remove_tree};
 pub use xattrs::{Handle, Namespace, XattrChanges, XattrSupport, Xattrs};

@@ -144,7 +144,7 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     let mut watcher = Watcher::new(&config, hints_tx, full_pass.clone());
     let mut status = 0;
     if watcher.start(&cancel).await {
-        let work = work_fn(engine.clone(), exclusive.clone(), cancel.clone());
+        let work = work_fn(engine.clone(), exclusive.clone(), full_pass.clone(), cancel.clone());
         tracker.spawn(queue::run_queue(
             hints_rx,
             config.jobs,
@@ -357,12 +357,14 @@ async fn wait_for_next_pass(
 fn work_fn(
     engine: Arc<Engine>,
     exclusive: Arc<RwLock<()>>,
+    full_pass: Arc<Notify>,
     cancel: CancellationToken,
 ) -> impl Fn(Work) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>> + Clone + Send + 'static
 {
     move |work: Work| {
         let engine = engine.clone();
         let exclusive = exclusive.clone();
+        let full_pass = full_pass.clone();
         let cancel = cancel.clone();
         Box::pin(async move {
             // A stop while a pass holds the lock: this work never starts.
@@ -380,7 +382,14 @@ fn work_fn(
             })
             .await;
             match joined {
-                Ok(report) => outcome_of(&report),
+                Ok(report) => {
+                    // A link made across directories to a name no pass has seen linked:
+                    // only a full pass finds the other name.
+                    if report.links_unresolved {
+                        full_pass.notify_one();
+                    }
+                    outcome_of(&report)
+                }
                 Err(_) => Outcome::Failed,
             }
         })

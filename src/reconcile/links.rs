@@ -1,0 +1,327 @@
+//! Hard links: names that share an inode in SOURCE share one in REPLICA. The walk and event
+//! work do not apply such names one at a time: they hand them to the run's `LinkGroups`,
+//! and once the walk is done each group is settled as a whole — one name (the leader) is
+//! made right like any file, and every other name becomes one more link to the leader's
+//! REPLICA file. A content change made through any name thus reaches all of them, and an
+//! inode SOURCE split (an editor's write-temp-then-rename) is split the same way, because
+//! only names that still share SOURCE's inode are joined.
+//!
+//! Memory goes only to inodes with more than one name: per run, the names met; across runs,
+//! `LinkIndex`, from SOURCE inode to its names, so event work on one name reaches the
+//! others. A full pass rebuilds the index from what it saw.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Mutex;
+
+use tracing::info;
+
+use super::{Action, Counters, Engine, Item, c_name, open_path_at};
+use crate::entry::{Entry, Kind};
+use crate::error::{EntryError, Op};
+use crate::ops;
+use crate::relpath::RelPath;
+
+/// A SOURCE file's (device, inode).
+type InodeKey = (u64, u64);
+
+/// One name of a link group, with what the walk saw of it (`None` for a name that came
+/// from the index or a directory scan: it is looked at when the group is settled).
+struct LinkName {
+    rel: RelPath,
+    seen: Option<(Option<Entry>, Action)>,
+}
+
+/// The hard-linked names one run met, by SOURCE inode.
+#[derive(Default)]
+pub(super) struct LinkGroups {
+    groups: Mutex<HashMap<InodeKey, (u64, Vec<LinkName>)>>,
+}
+
+impl LinkGroups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeKey, (u64, Vec<LinkName>)>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Across runs: the names each multiply-linked SOURCE inode had when last seen, and its
+/// link count then (so event work knows whether it has met every name).
+#[derive(Default)]
+pub(super) struct LinkIndex {
+    known: Mutex<HashMap<InodeKey, (u64, Vec<RelPath>)>>,
+}
+
+impl LinkIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeKey, (u64, Vec<RelPath>)>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Both roots, for reaching any name of a group.
+pub(super) struct LinkRoots {
+    pub src: OwnedFd,
+    pub dst: Option<OwnedFd>,
+}
+
+/// A name's parent directories on both sides.
+struct Parents {
+    src: OwnedFd,
+    dst: Option<OwnedFd>,
+    rel: RelPath,
+    name: CString,
+}
+
+impl Engine {
+    /// Takes the name `rel` of a multiply-linked SOURCE file into the run's link groups
+    /// instead of applying `action` to it now; false when hard links are not mirrored or
+    /// `src` is not such a file.
+    pub(super) fn defer_link(
+        &self,
+        rel: impl FnOnce() -> RelPath,
+        src: Option<&Entry>,
+        dst: Option<&Entry>,
+        action: Action,
+        counters: &Counters,
+    ) -> bool {
+        let Some(src) = src.filter(|s| self.opts.hard_links && s.kind == Kind::File && s.nlink > 1)
+        else {
+            return false;
+        };
+        let name = LinkName { rel: rel(), seen: Some((dst.cloned(), action)) };
+        let mut groups = counters.links.lock();
+        let group = groups.entry((src.dev, src.ino)).or_insert_with(|| (src.nlink, Vec::new()));
+        group.1.push(name);
+        true
+    }
+
+    /// Settles every link group the run met. `full`: the run walked the whole tree, so
+    /// its groups are complete and become the index; otherwise each group is completed
+    /// from the index and from its directory first.
+    pub(super) fn settle_links(&self, roots: &LinkRoots, full: bool, counters: &Counters) {
+        let groups = std::mem::take(&mut *counters.links.lock());
+        if full {
+            let index = groups
+                .iter()
+                .map(|(key, (nlink, names))| {
+                    (*key, (*nlink, names.iter().map(|n| n.rel.clone()).collect()))
+                })
+                .collect();
+            *self.links.lock() = index;
+        }
+        if groups.is_empty() || self.cancel.is_cancelled() {
+            return;
+        }
+        rayon::scope(|scope| {
+            for (key, (nlink, mut names)) in groups {
+                if !full {
+                    self.complete_group(roots, key, nlink, &mut names, counters);
+                }
+                scope.spawn(move |_| self.settle_group(roots, key, names, counters));
+            }
+        });
+    }
+
+    /// Adds the names event work did not see: those the index knows, and those in the
+    /// same SOURCE directory with the same inode. Flags the run when names are still
+    /// missing and the index cannot vouch that they lie outside the mirrored tree.
+    fn complete_group(
+        &self,
+        roots: &LinkRoots,
+        key: InodeKey,
+        nlink: u64,
+        names: &mut Vec<LinkName>,
+        counters: &Counters,
+    ) {
+        let mut index = self.links.lock();
+        let known = index.get(&key).map(|(n, names)| (*n, names.clone()));
+        let add = |names: &mut Vec<LinkName>, rel: RelPath| {
+            if !names.iter().any(|n| n.rel == rel) {
+                names.push(LinkName { rel, seen: None });
+            }
+        };
+        if let Some((_, known_names)) = &known {
+            for rel in known_names {
+                add(names, rel.clone());
+            }
+        }
+        if (names.len() as u64) < nlink {
+            for rel in self.same_inode_siblings(roots, key, names) {
+                add(names, rel);
+            }
+        }
+        let vouched = known.is_some_and(|(n, k)| n == nlink && k.len() <= names.len());
+        if (names.len() as u64) < nlink && !vouched {
+            counters.links_unresolved.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        index.insert(key, (nlink, names.iter().map(|n| n.rel.clone()).collect()));
+    }
+
+    /// Names in the directories of `names` whose SOURCE inode is `key` (getdents tells the
+    /// inode: no stat per name).
+    fn same_inode_siblings(
+        &self,
+        roots: &LinkRoots,
+        key: InodeKey,
+        names: &[LinkName],
+    ) -> Vec<RelPath> {
+        let mut dirs: Vec<RelPath> = names.iter().filter_map(|n| n.rel.parent()).collect();
+        dirs.sort_unstable();
+        dirs.dedup();
+        let mut found = Vec::new();
+        for dir in dirs {
+            let Ok(fd) = open_path_at(&roots.src, &dir) else { continue };
+            let Ok(items) = ops::list_dir(&fd) else { continue };
+            found.extend(
+                items
+                    .iter()
+                    .filter(|i| i.ino == key.1)
+                    .map(|i| dir.join(OsStr::from_bytes(i.name.to_bytes()))),
+            );
+        }
+        found
+    }
+
+    /// Makes one group right: the leader like any file, then every other name that still
+    /// shares SOURCE's inode a link to the leader's REPLICA file.
+    fn settle_group(
+        &self,
+        roots: &LinkRoots,
+        key: InodeKey,
+        mut names: Vec<LinkName>,
+        counters: &Counters,
+    ) {
+        names.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        names.dedup_by(|a, b| a.rel == b.rel);
+        if already_joined(&names) || self.cancel.is_cancelled() {
+            return;
+        }
+        // A name whose REPLICA file already has the content leads: no copy needed.
+        let keeps =
+            |n: &LinkName| matches!(n.seen, Some((Some(_), Action::Nothing | Action::Attrs(_))));
+        let leader = names.remove(names.iter().position(keeps).unwrap_or(0));
+        let Some(at) = self.parents(roots, &leader.rel) else { return };
+        let Some((src, dst)) =
+            self.stat_pair(&at.src, at.dst.as_ref(), &at.name, &leader.rel, counters)
+        else {
+            return;
+        };
+        // SOURCE moved on since the walk: the next look at this name handles it.
+        let Some(src) = src.filter(|s| s.kind == Kind::File && (s.dev, s.ino) == key) else {
+            return;
+        };
+        let action = self.decide_at(&at.src, at.dst.as_ref(), &at.name, Some(&src), dst.as_ref());
+        let keeps_content = matches!(action, Action::Nothing | Action::Attrs(_));
+        let own = Counters::default();
+        let item = Item { name: at.name.clone(), src: Some(src.clone()), dst: dst.clone(), action };
+        self.apply(&at.src, at.dst.as_ref(), &at.rel, item, &own);
+        counters.absorb(&own);
+        if own.troubled() {
+            return;
+        }
+        // What every other name must be: the leader's REPLICA file as it is now (in a dry
+        // run: as it would be — a fresh copy matches no existing name).
+        let target = match &at.dst {
+            Some(dir) if !self.opts.dry_run => match Entry::stat_at(dir, &at.name) {
+                Ok(Some(t)) if t.kind == Kind::File => Some(t),
+                _ => return,
+            },
+            _ => dst.filter(|d| d.kind == Kind::File && keeps_content),
+        };
+        for other in &names {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            self.join(roots, &at, &leader.rel, key, src.nlink, target.as_ref(), other, counters);
+        }
+        if action != Action::Nothing
+            && let Some(dst_dir) = &at.dst
+        {
+            self.fix_dir_attrs(&at.src, dst_dir, &at.rel, counters);
+        }
+    }
+
+    /// Makes `other` a name of `target` (the leader `leader` in `at`), if SOURCE still
+    /// links it to the group's inode and REPLICA does not already.
+    #[allow(clippy::too_many_arguments)]
+    fn join(
+        &self,
+        roots: &LinkRoots,
+        at: &Parents,
+        leader: &RelPath,
+        key: InodeKey,
+        nlink: u64,
+        target: Option<&Entry>,
+        other: &LinkName,
+        counters: &Counters,
+    ) {
+        let Some(here) = self.parents(roots, &other.rel) else { return };
+        let Some((src, dst)) =
+            self.stat_pair(&here.src, here.dst.as_ref(), &here.name, &other.rel, counters)
+        else {
+            return;
+        };
+        if !src.is_some_and(|s| s.kind == Kind::File && (s.dev, s.ino) == key) {
+            return;
+        }
+        let joined =
+            |d: &Entry, t: &Entry| d.kind == Kind::File && (d.dev, d.ino) == (t.dev, t.ino);
+        if let (Some(d), Some(t)) = (&dst, target)
+            && joined(d, t)
+        {
+            return;
+        }
+        let rel = &other.rel;
+        if let (Some(t), Some(to_dir), Some(from_dir), false) =
+            (target, &here.dst, &at.dst, self.opts.dry_run)
+        {
+            if let Some(d) = dst.as_ref().filter(|d| d.kind == Kind::Dir)
+                && let Err(e) = self.make_way(Some(to_dir), &here.name, rel, d, counters)
+            {
+                return self.record(counters, e);
+            }
+            let linked = ops::link_into_place(
+                from_dir.as_fd(),
+                &at.name,
+                t,
+                nlink,
+                to_dir.as_fd(),
+                &here.name,
+                &self.temp_names,
+            );
+            if let Err(e) = linked {
+                return self.record(counters, EntryError::io(Op::Link, rel, e));
+            }
+            self.fix_dir_attrs(&here.src, to_dir, &here.rel, counters);
+        } else if !self.opts.dry_run {
+            return;
+        }
+        info!(action = %"link", path = %rel, target = %leader);
+        Counters::bump(&counters.link, 1);
+    }
+
+    /// Opens the parent directories of `rel` on both sides (REPLICA's may be missing only
+    /// in a dry run).
+    fn parents(&self, roots: &LinkRoots, rel: &RelPath) -> Option<Parents> {
+        let dir = rel.parent()?;
+        let name = c_name(rel.file_name()?);
+        let src = open_path_at(&roots.src, &dir).ok()?;
+        let dst = roots.dst.as_ref().and_then(|d| open_path_at(d, &dir).ok());
+        if dst.is_none() && !self.opts.dry_run {
+            return None;
+        }
+        Some(Parents { src, dst, rel: dir, name })
+    }
+}
+
+/// True if the walk found every name of the group in sync and sharing one REPLICA inode.
+fn already_joined(names: &[LinkName]) -> bool {
+    let mut inode = None;
+    names.iter().all(|n| match &n.seen {
+        Some((Some(d), Action::Nothing)) if d.kind == Kind::File => {
+            *inode.get_or_insert((d.dev, d.ino)) == (d.dev, d.ino)
+        }
+        _ => false,
+    })
+}
