@@ -13,15 +13,16 @@ use std::fmt::{self, Write as _};
 use std::fs::{self, File, Metadata};
 use std::hash::Hasher;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, SeekFrom, Timespec, Timestamps};
+use rustix::io::Errno;
 use tempfile::TempDir;
 use walkdir::WalkDir;
 
@@ -432,27 +433,90 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Streams two regular files side by side; the offset of the first differing byte, if any.
+/// The offset of the first byte at which two regular files differ (the shorter one's
+/// length if one is a prefix of the other), if any.
+///
+/// Sparse-aware, so a 10 GiB file holding a few MiB is compared in milliseconds: where
+/// `SEEK_DATA` says neither file holds data both read as zeros and are skipped; every
+/// range where either holds data is read from both. `SEEK_DATA` may report a hole as data
+/// (filesystems without hole support say "all data"), which only costs reading; it never
+/// reports data as a hole, so nothing that differs is skipped.
 fn first_difference(a: &Path, b: &Path) -> io::Result<Option<u64>> {
-    const CHUNK: usize = 64 * 1024;
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    let mut offset = 0u64;
-    loop {
-        let na = fill(&mut fa, &mut ba)?;
-        let nb = fill(&mut fb, &mut bb)?;
-        let n = na.min(nb);
-        if let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
+    let (fa, fb) = (File::open(a)?, File::open(b)?);
+    let (la, lb) = (fa.metadata()?.len(), fb.metadata()?.len());
+    let len = la.min(lb);
+    let mut pos = 0;
+    while pos < len {
+        // Before `data` both files are in a hole.
+        let data = next_data(&fa, pos, len).min(next_data(&fb, pos, len));
+        if data >= len {
+            break;
+        }
+        // From `data` on, compare until both are in a hole again.
+        let mut end = next_hole(&fa, data, len).max(next_hole(&fb, data, len));
+        if end <= data {
+            end = len; // a filesystem that answers oddly: read the rest
+        }
+        if let Some(at) = first_difference_in(&fa, &fb, data, end)? {
+            return Ok(Some(at));
+        }
+        pos = end;
+    }
+    Ok(if la == lb { None } else { Some(len) })
+}
+
+/// `lseek(SEEK_DATA)` from `pos`, within `len`; `len` if no data follows, `pos` (read
+/// it) if the filesystem cannot tell.
+fn next_data(f: &File, pos: u64, len: u64) -> u64 {
+    match rustix::fs::seek(f.as_fd(), SeekFrom::Data(pos)) {
+        Ok(at) => at.min(len),
+        Err(Errno::NXIO) => len,
+        Err(_) => pos,
+    }
+}
+
+/// `lseek(SEEK_HOLE)` from `pos`, within `len`; `len` (read everything) if the
+/// filesystem cannot tell.
+fn next_hole(f: &File, pos: u64, len: u64) -> u64 {
+    rustix::fs::seek(f.as_fd(), SeekFrom::Hole(pos)).map_or(len, |at| at.min(len))
+}
+
+/// Reads `[from, to)` of both files side by side; the offset of the first differing byte.
+fn first_difference_in(a: &File, b: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    const CHUNK: u64 = 256 * 1024;
+    let (mut ba, mut bb) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+    let mut offset = from;
+    while offset < to {
+        let n = CHUNK.min(to - offset) as usize;
+        let (na, nb) =
+            (read_at_full(a, &mut ba[..n], offset)?, read_at_full(b, &mut bb[..n], offset)?);
+        // Slice equality is a memcmp; only a differing chunk is searched byte by byte.
+        if ba[..na.min(nb)] != bb[..na.min(nb)] {
+            let m = na.min(nb);
+            let i = ba[..m].iter().zip(&bb[..m]).position(|(x, y)| x != y).unwrap_or(0);
             return Ok(Some(offset + i as u64));
         }
-        if na != nb {
-            return Ok(Some(offset + n as u64));
+        if na != nb || na < n {
+            // Shrunk while being compared: it differs where the shorter one ends.
+            return Ok(Some(offset + na.min(nb) as u64));
         }
-        if na == 0 {
-            return Ok(None);
-        }
-        offset += na as u64;
+        offset += n as u64;
     }
+    Ok(None)
+}
+
+/// `pread`s into `buf` until it is full or the file ends.
+fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 // ------------------------------------------------------------------------------------------
