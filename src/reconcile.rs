@@ -29,7 +29,9 @@ use crate::ops::{
 };
 use crate::relpath::RelPath;
 
+mod horizon;
 mod links;
+use horizon::Horizon;
 use links::{LinkGroups, LinkIndex, LinkRoots};
 
 // =======================================================================================
@@ -366,6 +368,8 @@ pub struct Engine {
     xattr_support: XattrSupport,
     /// SOURCE's multiply-linked inodes and their names, as last seen.
     links: LinkIndex,
+    /// Since when unchanged entries need not have their xattrs read again.
+    horizon: Horizon,
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
     progress: AtomicU64,
@@ -419,6 +423,7 @@ impl Engine {
             caps: CopyCaps::default(),
             xattr_support: XattrSupport::default(),
             links: LinkIndex::default(),
+            horizon: Horizon::new(local_clocks(config)),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
@@ -449,7 +454,17 @@ impl Engine {
 
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
-        self.run(|roots, counters| self.reconcile_root(roots, counters))
+        let start = Horizon::pass_start();
+        let report = self.run(|roots, counters| self.reconcile_root(roots, counters));
+        let clean = report.guard.is_none()
+            && !report.cancelled
+            && !report.transient
+            && report.counts.errors == 0
+            && !self.opts.dry_run;
+        if clean && self.opts.xattrs {
+            self.horizon.passed_clean(start);
+        }
+        report
     }
 
     /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
@@ -497,6 +512,7 @@ impl Engine {
     /// if they pass, and the counts become the report.
     fn run(&self, work: impl FnOnce(OpenRoots, &Counters) + Send) -> PassReport {
         self.in_pool(|| {
+            self.horizon.check_clock();
             let started = Instant::now();
             let counters = Counters::default();
             let mut report = PassReport::default();
@@ -1257,7 +1273,7 @@ impl Engine {
         let action = decide(src, dst, self.rules(), || {
             dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
         });
-        self.with_xattr_changes(action, src_dir, dst_dir, name, src)
+        self.with_xattr_changes(action, src_dir, dst_dir, name, src, dst)
     }
 
     /// What the replica entry `dst`, decided on against `src`, must still be when it is
@@ -1281,15 +1297,21 @@ impl Engine {
         dst_dir: Option<&OwnedFd>,
         name: &CStr,
         src: Option<&Entry>,
+        dst: Option<&Entry>,
     ) -> Action {
         let mut diff = match action {
             Action::Nothing => AttrDiff::default(),
             Action::Attrs(diff) => diff,
             _ => return action,
         };
-        let (Some(support), Some(dst_dir), Some(_)) = (self.xattrs(), dst_dir, src) else {
+        let (Some(support), Some(dst_dir), Some(src), Some(dst)) =
+            (self.xattrs(), dst_dir, src, dst)
+        else {
             return action;
         };
+        if self.horizon.unchanged(src, dst) {
+            return action;
+        }
         let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
         match (read(src_dir), read(dst_dir)) {
             (Ok(want), Ok(have)) => {
@@ -1717,6 +1739,12 @@ impl Engine {
         error!(op = %e.op, path = %e.path, error = %e.kind, "cannot mirror entry");
         Counters::bump(&counters.errors, 1);
     }
+}
+
+/// Whether both roots are on filesystems stamped by this machine's clock (see `horizon`).
+fn local_clocks(config: &Config) -> bool {
+    let local = |p: &std::path::Path| std::fs::File::open(p).is_ok_and(horizon::is_local);
+    local(&config.source) && local(&config.replica)
 }
 
 // =======================================================================================

@@ -12,8 +12,8 @@ use std::process::Command;
 
 use crate::support::mounts::once_in_mount_namespace;
 use crate::support::{
-    CONVERGE, CompareOptions, EVENTS_ONLY, NOBODY, Service, Tree, action_lines, assert_same,
-    assert_same_with, compare, running, wait_until,
+    CONVERGE, CompareOptions, EVENTS_ONLY, NOBODY, PASS_COMPLETE, Service, Tree, action_lines,
+    assert_same, assert_same_with, compare, running, wait_until,
 };
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -448,4 +448,24 @@ fn live_an_excluded_name_is_never_linked_into_replica() {
     });
     assert!(converged, "b and d/c did not converge linked; log:\n{}", svc.log());
     assert!(!t.dst().join("a").exists(), "the excluded name was linked into REPLICA");
+}
+
+#[test]
+fn periodic_passes_still_see_attribute_changes_after_a_clean_pass() {
+    // Periodic passes skip reading xattrs of entries whose ctimes are older than the last
+    // clean pass (see src/reconcile/horizon.rs): a change on either side moves a ctime, so
+    // it must still be found — by passes alone (no watcher).
+    let t = attributed_tree();
+    let svc = running(&t, &["--no-watch", "--interval", "300ms"]);
+    let passes = svc.count(PASS_COMPLETE);
+    assert!(
+        wait_until(CONVERGE, || svc.count(PASS_COMPLETE) >= passes + 2),
+        "no clean periodic passes; log:\n{}",
+        svc.log()
+    );
+    setfattr(&t.dst().join("f"), "user.planted", "by a stranger");
+    setfattr(&t.src().join("shared"), "user.project", "beta");
+    tool("setfattr", &["-x", "user.origin", &t.src().join("f").to_string_lossy()]);
+    converge_linked(&t, &svc, &[]);
+    assert_attrs_by_tools(&t);
 }

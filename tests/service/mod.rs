@@ -156,8 +156,10 @@ fn renamed_file_is_renamed_in_replica() {
             t.rename("old", "new");
         },
     );
+    // The action line is written after the rename, and the log is written behind: wait.
+    let logged = wait_until(CONVERGE, || has_action(&svc.log_after_first_pass(), "rename", "new"));
     let after = svc.log_after_first_pass();
-    assert!(has_action(&after, "rename", "new"), "no rename of old -> new:\n{after}");
+    assert!(logged, "no rename of old -> new:\n{after}");
     assert!(after.contains("from=old"), "the rename line names its origin:\n{after}");
 }
 
