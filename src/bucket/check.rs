@@ -9,8 +9,16 @@ use super::config::{BucketUrl, S3Settings};
 use super::error::StartupError;
 
 /// S3 error codes that mean the key id, secret or token is wrong (not merely unauthorised).
-const CREDENTIAL_CODES: [&str; 5] =
-    ["InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "No such key"];
+/// ("Invalid signature" and "No such key" are how Garage words a wrong secret and an
+/// unknown key id under its generic `AccessDenied` code.)
+const CREDENTIAL_CODES: [&str; 6] = [
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "Invalid signature",
+    "No such key",
+];
 
 /// Fails with the [`StartupError`] that says why the bucket cannot be used.
 pub async fn startup_check(url: &BucketUrl, settings: &S3Settings) -> Result<(), StartupError> {

@@ -3,8 +3,10 @@
 //! files or the mapping.
 //!
 //! Requests go through opendal's *service* layer (`Operator::service()`, the public
-//! `opendal::raw` API that services and layers are written against), with the retry and
-//! timeout layers applied, rather than through `Operator::write`/`stat`/`delete`:
+//! `opendal::raw` API that services and layers are written against), with only the retry
+//! and timeout layers applied, rather than through `Operator::write`/`stat`/`delete` and
+//! the layers `Operator::new` adds (those simulate directories: a HEAD of `d/` would be
+//! answered from a LIST, without the marker's metadata):
 //! the `Operator` front door normalises every path — it trims white space at both ends of
 //! the whole key (`normalize_path` calls `str::trim`), so `a/b ` would silently become
 //! `a/b` — and refuses to write a key ending in `/`, which is exactly what a directory
@@ -17,11 +19,15 @@
 //! error, never an empty listing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use opendal::BytesRange;
 use opendal::layers::{RetryLayer, TimeoutLayer};
-use opendal::raw::oio::{Copy as _, Delete as _, List as _, Write as _};
-use opendal::raw::{OpCopy, OpDelete, OpList, OpStat, OpWrite, Service as _};
+use opendal::raw::oio::{
+    Copy as _, Delete as _, List as _, Read as _, ReadStream as _, Write as _,
+};
+use opendal::raw::{OpCopy, OpDelete, OpList, OpRead, OpStat, OpWrite, Service as _};
 use opendal::{Buffer, Metadata, Operator};
 
 use super::config::{BucketUrl, S3Settings};
@@ -90,6 +96,9 @@ fn unquote(etag: &str) -> String {
     etag.trim_matches('"').to_owned()
 }
 
+/// A connection that cannot be made in this long is an unreachable endpoint, not a slow one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
     let mut b = opendal::services::S3::default()
         .bucket(&url.bucket)
@@ -104,7 +113,22 @@ fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
     if let Some(t) = &s.session_token {
         b = b.session_token(t);
     }
-    Operator::new(b)
+    // The bare service, without the layers `Operator::new` adds: its SimulateLayer answers
+    // a HEAD of a key ending in `/` from a LIST (no metadata), since S3 has no directories.
+    let service: opendal::raw::Servicer = Arc::new(opendal::Builder::build(b)?);
+    let op = Operator::from_parts(opendal::OperationContext::default(), service);
+    // A transport of this operator's own (opendal's default is a process-wide one that must
+    // be installed first), with a connect timeout.
+    let client =
+        reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| {
+            opendal::Error::new(opendal::ErrorKind::Unexpected, "building the HTTP client")
+                .set_source(e)
+        })?;
+    let transport = opendal::HttpTransporter::new(
+        opendal_http_transport_reqwest::ReqwestTransport::new(client),
+    );
+    let ctx = op.context().with_http_transport(transport);
+    Ok(op.with_context(ctx))
 }
 
 impl Client {
@@ -198,11 +222,11 @@ impl Client {
 
     /// GET the whole object (symlink targets, the manifest).
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        self.op
-            .read(key)
-            .await
-            .map(|b| b.to_vec())
-            .map_err(|e| StoreError::from_opendal(StoreOp::Get, key, e))
+        let err = |e| StoreError::from_opendal(StoreOp::Get, key, e);
+        let reader =
+            self.op.service().read_dyn(self.op.context(), key, OpRead::new()).map_err(err)?;
+        let (_, mut stream) = reader.open(BytesRange::default()).await.map_err(err)?;
+        Ok(stream.read_all().await.map_err(err)?.to_vec())
     }
 
     /// Starts a write of `key` with `metadata`. Each `write` of the returned writer after

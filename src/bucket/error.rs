@@ -47,9 +47,10 @@ pub enum StoreError {
         op: StoreOp,
         /// The key (or prefix, for a list).
         key: String,
-        /// opendal's error, which carries the S3 error code and message.
+        /// opendal's error, which carries the S3 error code and message (boxed: it is
+        /// large, and errors travel through every `Result` of the replica side).
         #[source]
-        source: opendal::Error,
+        source: Box<opendal::Error>,
     },
     /// The object is not there (HEAD, GET, DELETE of a missing key).
     #[error("{op} {key:?}: no such object")]
@@ -91,7 +92,7 @@ pub enum StoreError {
         /// Why the upload stopped.
         first: Box<StoreError>,
         /// Why the abort failed.
-        abort: opendal::Error,
+        abort: Box<opendal::Error>,
     },
     /// The manifest object could not be parsed (it is then ignored, never trusted).
     #[error("manifest {key:?} line {line}: {why}")]
@@ -111,7 +112,7 @@ impl StoreError {
         if source.kind() == opendal::ErrorKind::NotFound {
             StoreError::NotFound { op, key: key.to_owned() }
         } else {
-            StoreError::Store { op, key: key.to_owned(), source }
+            StoreError::Store { op, key: key.to_owned(), source: Box::new(source) }
         }
     }
 

@@ -237,9 +237,11 @@ async fn multipart(
         }
         Err(first) => match w.abort().await {
             Ok(()) => Err(first),
-            Err(abort) => {
-                Err(StoreError::AbortFailed { key: key.to_owned(), first: Box::new(first), abort })
-            }
+            Err(abort) => Err(StoreError::AbortFailed {
+                key: key.to_owned(),
+                first: Box::new(first),
+                abort: Box::new(abort),
+            }),
         },
     }
 }
