@@ -25,6 +25,8 @@ use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
 use tempfile::TempDir;
 use walkdir::WalkDir;
 
+pub mod bucket;
+pub mod garage;
 pub mod mounts;
 
 /// Hard bound on one `--once` run: a hang fails the test in seconds, not never.
