@@ -7,6 +7,7 @@
 //! `finish_pass`.
 
 mod comparer;
+mod measure;
 mod roundtrip;
 mod store;
 
