@@ -314,3 +314,52 @@ fn bucket_names_survive_real_keys() {
     }
     crate::support::bucket::assert_bucket_mirrors(t.src(), &b.settings, &b.url);
 }
+
+#[test]
+fn bucket_list_reads_every_page() {
+    let Some(g) = Garage::start("bucket_list_reads_every_page") else { return };
+    let b = connect(&g, "pages");
+    let client = b.inner().client();
+    // More than one LIST page (S3 returns at most 1,000 keys a page).
+    let keys: Vec<String> = (0..1_050).map(|i| format!("pages/k{i:04}")).collect();
+    b.run(async {
+        for k in &keys {
+            client.put(k, k.as_bytes().to_vec(), Default::default()).await.unwrap();
+        }
+    });
+    let listed: Vec<String> =
+        b.run(client.list("pages/")).unwrap().into_iter().map(|l| l.key).collect();
+    assert_eq!(listed, keys);
+}
+
+#[test]
+fn bucket_store_down_is_an_error_then_retried_until_back() {
+    let Some(mut g) = Garage::start("bucket_store_down_is_an_error_then_retried_until_back") else {
+        return;
+    };
+    let t = Tree::new();
+    t.file("a", b"a");
+    let b = connect(&g, "down");
+    super::mirror_tree(&b, t.src());
+    g.stop();
+    // Retries that give up fast: a LIST that cannot be made is an error, never "empty".
+    let impatient = Retries {
+        max_times: 1,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(10),
+        ..Retries::default()
+    };
+    let client = replicad::bucket::client::Client::new(&b.url, &b.settings, impatient).unwrap();
+    let r = b.run(client.list("down/"));
+    assert!(r.is_err(), "a LIST against a stopped store must fail, got {r:?}");
+    // With the default backoff (0.2 s doubling, 6 retries), a store back within a second
+    // or two is retried through: the LIST succeeds and shows what is there.
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(800)); // the outage itself, not a wait
+        g.start_again();
+        g
+    });
+    let listing = b.list().expect("retried until the store came back");
+    let _g = restarter.join().unwrap();
+    assert!(listing.objects.iter().any(|o| o.rel.to_string() == "a"), "{listing:?}");
+}

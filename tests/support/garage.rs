@@ -110,20 +110,7 @@ impl Garage {
         std::fs::write(&config, text).expect("write garage.toml");
         let key_id = format!("GK{}", hex(24, s.rotate_left(13)));
         let secret = hex(64, s.rotate_left(29));
-        let log = std::fs::File::create(dir.path().join("garage.log")).expect("garage log");
-        let child = Command::new("garage")
-            .arg("-c")
-            .arg(&config)
-            .args(["server", "--single-node", "--default-bucket"])
-            .env("GARAGE_DEFAULT_ACCESS_KEY", &key_id)
-            .env("GARAGE_DEFAULT_SECRET_KEY", &secret)
-            .env("GARAGE_DEFAULT_BUCKET", BUCKET)
-            .env("RUST_LOG", "garage=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log.try_clone().expect("log fd"))
-            .spawn()
-            .expect("start garage");
+        let child = spawn(&config, dir.path(), &key_id, &secret);
         let mut g = Garage { child, dir, config, s3_port: s3, key_id, secret };
         let ready = wait_until(START_DEADLINE, || g.answers() || g.exited());
         assert!(ready && !g.exited(), "garage did not start:\n{}", g.log());
@@ -131,6 +118,19 @@ impl Garage {
         let bucket = wait_until(START_DEADLINE, || g.cli(&["bucket", "info", BUCKET]).is_ok());
         assert!(bucket, "garage's default bucket never appeared:\n{}", g.log());
         g
+    }
+
+    /// Kills the node (its data stays); requests to it now fail to connect.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the stopped node again on the same ports and data, and waits until it answers.
+    pub fn start_again(&mut self) {
+        self.child = spawn(&self.config, self.dir.path(), &self.key_id, &self.secret);
+        let ready = wait_until(START_DEADLINE, || self.answers() || self.exited());
+        assert!(ready && !self.exited(), "garage did not start again:\n{}", self.log());
     }
 
     fn exited(&mut self) -> bool {
@@ -239,6 +239,28 @@ impl Garage {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// `garage server --single-node --default-bucket` with the default key and bucket.
+fn spawn(config: &Path, dir: &Path, key_id: &str, secret: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))
+        .expect("garage log");
+    Command::new("garage")
+        .arg("-c")
+        .arg(config)
+        .args(["server", "--single-node", "--default-bucket"])
+        .env("GARAGE_DEFAULT_ACCESS_KEY", key_id)
+        .env("GARAGE_DEFAULT_SECRET_KEY", secret)
+        .env("GARAGE_DEFAULT_BUCKET", BUCKET)
+        .env("RUST_LOG", "garage=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start garage")
 }
 
 impl Drop for Garage {
