@@ -1314,6 +1314,12 @@ impl Engine {
         }
         let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
         match (read(src_dir), read(dst_dir)) {
+            // A capability goes only onto bytes replicad copies (see `grants_capability`).
+            (Ok(want), Ok(have))
+                if dst.kind == Kind::File && want.grants_capability(&have, support) =>
+            {
+                return Action::Update;
+            }
             (Ok(want), Ok(have)) => {
                 let changes = want.changes(&have, support);
                 (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
@@ -1437,6 +1443,19 @@ impl Engine {
             let source = self.source_xattrs(src_dir, name, rel)?.unwrap_or_default();
             let have = Xattrs::read(Handle::At(dir.as_fd(), name))
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
+            if dst.kind == Kind::File && source.grants_capability(&have, support) {
+                // Not in place: the bytes may not be the ones replicad copied.
+                return self.create_entry(
+                    src_dir,
+                    dst_dir,
+                    name,
+                    rel,
+                    src,
+                    Some(dst),
+                    true,
+                    counters,
+                );
+            }
             let changes = source.changes(&have, support);
             (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
             want = Some((source, support));

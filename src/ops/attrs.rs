@@ -79,6 +79,12 @@ pub fn set_attrs_at(
             _ => Handle::Pinned(pinned.fd.as_fd()),
         };
         let have = Xattrs::read(handle)?;
+        if pinned.kind == Kind::File && want.grants_capability(&have, support) {
+            return Err(io::Error::new(
+                io::ErrorKind::StaleNetworkFileHandle,
+                "replica file lost its capability (written since it was copied); left for a fresh copy",
+            ));
+        }
         want.apply(handle, &have, support)?;
     }
     if diff.mtime {

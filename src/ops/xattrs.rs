@@ -307,6 +307,17 @@ impl Xattrs {
             .map(|i| self.items[i].1.as_slice())
     }
 
+    /// True if making REPLICA's set (`replica`) equal to `self` would give the entry a file
+    /// capability it lacks (or another one). A file's bytes may have been written by its
+    /// owner since replicad copied them (a write drops the capability): a capability is
+    /// only ever given to a fresh copy, never in place.
+    pub fn grants_capability(&self, replica: &Xattrs, support: &XattrSupport) -> bool {
+        let want = self.get(c"security.capability");
+        support.usable(Namespace::Security)
+            && want.is_some()
+            && want != replica.get(c"security.capability")
+    }
+
     /// Which kinds differ between SOURCE's set (`self`) and REPLICA's, counting only
     /// namespaces REPLICA takes.
     pub fn changes(&self, replica: &Xattrs, support: &XattrSupport) -> XattrChanges {

@@ -469,3 +469,33 @@ fn periodic_passes_still_see_attribute_changes_after_a_clean_pass() {
     converge_linked(&t, &svc, &[]);
     assert_attrs_by_tools(&t);
 }
+
+#[test]
+fn a_capability_is_never_given_in_place_to_bytes_a_stranger_wrote() {
+    // REPLICA's copy of a capable binary belongs to SOURCE's owner (here `nobody`), who may
+    // write into it: a write drops the capability (the kernel's doing), and keeping size
+    // and mtime makes the quick check call the content equal. Setting the capability back
+    // in place would hand it to the stranger's bytes; only a fresh copy may carry it.
+    let t = Tree::new();
+    t.file("bin/tool", b"\x7fELF the real tool");
+    t.source().chown("bin/tool", NOBODY, NOBODY);
+    t.source().setcap("bin/tool", "cap_net_raw+ep");
+    t.once(&[]).assert_code(0);
+    let dst = t.dst().join("bin/tool");
+    assert_eq!(getcap(&dst), "cap_net_raw=ep");
+    assert_eq!(fs::metadata(&dst).unwrap().uid(), NOBODY, "the stranger owns the replica file");
+    let mtime = fs::metadata(&dst).unwrap().modified().unwrap();
+    // What `nobody` can do to its own file: same length, other bytes, mtime put back.
+    fs::write(&dst, b"\x7fELF evil payload!").expect("write as the file's owner would");
+    fs::File::options().write(true).open(&dst).unwrap().set_modified(mtime).unwrap();
+    assert_eq!(getcap(&dst), "", "the write did not drop the capability");
+    t.once(&[]).assert_code(0);
+    let has_cap = !getcap(&dst).is_empty();
+    let content = fs::read(&dst).unwrap();
+    assert!(
+        !(has_cap && content != b"\x7fELF the real tool"),
+        "a capability was set on bytes replicad did not copy: {:?}",
+        String::from_utf8_lossy(&content)
+    );
+    t.assert_mirrored();
+}
