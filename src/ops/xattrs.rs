@@ -75,9 +75,10 @@ pub enum Handle<'a> {
     Fd(BorrowedFd<'a>),
     /// A name in an open directory; a symlink there is the entry, never followed.
     At(BorrowedFd<'a>, &'a CStr),
-    /// An `O_PATH` descriptor that pins the entry (see `attrs`); never a symlink. The
-    /// `*xattrat` calls refuse `O_PATH` descriptors (`EBADF`), so this goes through
-    /// `/proc/self/fd/N`, which names the pinned inode itself.
+    /// An `O_PATH` descriptor that pins the entry (see `attrs`). The `*xattrat` calls
+    /// refuse `O_PATH` descriptors (`EBADF`), so this goes through `/proc/self/fd/N`,
+    /// which names the pinned inode itself (a pinned symlink too: the magic link lands on
+    /// the symlink and is not followed further).
     Pinned(BorrowedFd<'a>),
 }
 
