@@ -213,7 +213,8 @@ impl Engine {
         let Some(src) = src.filter(|s| s.kind == Kind::File && (s.dev, s.ino) == key) else {
             return;
         };
-        let action = self.decide_at(&at.src, at.dst.as_ref(), &at.name, Some(&src), dst.as_ref());
+        let action =
+            self.decide_at(&at.src, at.dst.as_ref(), &at.name, Some(&src), dst.as_ref(), false);
         let keeps_content = matches!(action, Action::Nothing | Action::Attrs(_));
         let own = Counters::default();
         let item = Item { name: at.name.clone(), src: Some(src.clone()), dst: dst.clone(), action };

@@ -499,3 +499,29 @@ fn a_capability_is_never_given_in_place_to_bytes_a_stranger_wrote() {
     );
     t.assert_mirrored();
 }
+
+#[test]
+fn periodic_passes_see_attributes_that_moved_with_a_directory_rename() {
+    // A directory rename moves its entries without touching their ctimes: which SOURCE
+    // file a REPLICA file is compared with changes, though neither inode changed since
+    // the last clean pass. Two directories of equal files that differ only in an
+    // attribute, swapped by name in SOURCE, must still be mirrored by passes alone.
+    let t = Tree::new();
+    for d in ["d", "e"] {
+        t.file(format!("{d}/x"), b"same bytes");
+        t.source().mtime(format!("{d}/x"), 1_600_000_000, 0);
+    }
+    setfattr(&t.src().join("d/x"), "user.tag", "d");
+    setfattr(&t.src().join("e/x"), "user.tag", "e");
+    let svc = running(&t, &["--no-watch", "--interval", "300ms"]);
+    // Clean passes that start well after the files' ctimes (the horizon keeps a margin).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let passes = svc.count(PASS_COMPLETE);
+    assert!(
+        wait_until(CONVERGE, || svc.count(PASS_COMPLETE) >= passes + 2),
+        "no clean periodic passes; log:\n{}",
+        svc.log()
+    );
+    t.source().rename("d", "tmp").rename("e", "d").rename("tmp", "e");
+    converge_linked(&t, &svc, &[]);
+}
