@@ -199,10 +199,14 @@ impl Engine {
         if already_joined(&names) || self.cancel.is_cancelled() {
             return;
         }
-        // A name whose REPLICA file already has the content leads: no copy needed.
+        // A name whose REPLICA file already has the content leads: no copy needed. Else a
+        // name this run saw with the group's inode: one from the index may be stale (gone,
+        // or another inode now), and a leader SOURCE no longer has settles nothing.
         let keeps =
             |n: &LinkName| matches!(n.seen, Some((Some(_), Action::Nothing | Action::Attrs(_))));
-        let leader = names.remove(names.iter().position(keeps).unwrap_or(0));
+        let lead =
+            names.iter().position(keeps).or_else(|| names.iter().position(|n| n.seen.is_some()));
+        let leader = names.remove(lead.unwrap_or(0));
         let Some(at) = self.parents(roots, &leader.rel) else { return };
         let Some((src, dst)) =
             self.stat_pair(&at.src, at.dst.as_ref(), &at.name, &leader.rel, counters)

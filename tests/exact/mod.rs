@@ -525,3 +525,17 @@ fn periodic_passes_see_attributes_that_moved_with_a_directory_rename() {
     t.source().rename("d", "tmp").rename("e", "d").rename("tmp", "e");
     converge_linked(&t, &svc, &[]);
 }
+
+#[test]
+fn live_a_new_link_after_a_removed_one_is_mirrored_by_events() {
+    // The index still lists the removed name (it sorts first); it must not lead the group
+    // that event work settles, or the new name is never made.
+    let t = Tree::new();
+    t.file("p", b"linked").file("other", b"x");
+    ln(&t, "p", "q");
+    let svc = running(&t, EVENTS_ONLY);
+    fs::remove_file(t.src().join("p")).unwrap();
+    assert!(wait_until(CONVERGE, || !t.dst().join("p").exists()), "{}", svc.log());
+    ln(&t, "q", "r");
+    converge_linked(&t, &svc, &["q", "r"]);
+}
