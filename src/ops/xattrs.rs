@@ -355,8 +355,18 @@ impl Xattrs {
             let Some(ns) = Namespace::of(name.to_bytes()) else { return Ok(()) };
             match result {
                 Ok(()) | Err(Errno::NODATA) => Ok(()),
-                Err(Errno::NOTSUP | Errno::PERM | Errno::ACCESS) => {
-                    support.refuse(ns, &io::Error::from(result.err().unwrap_or(Errno::NOTSUP)));
+                // The filesystem lacks the namespace, or (trusted.*, security.*) the process
+                // the privilege. For user.* and ACLs, EPERM/EACCES is about this one entry
+                // (another user's file, no write permission): its error, not a reason to
+                // stop mirroring them everywhere.
+                Err(Errno::NOTSUP) => {
+                    support.refuse(ns, &io::Error::from(Errno::NOTSUP));
+                    Ok(())
+                }
+                Err(e @ (Errno::PERM | Errno::ACCESS))
+                    if matches!(ns, Namespace::Trusted | Namespace::Security) =>
+                {
+                    support.refuse(ns, &io::Error::from(e));
                     Ok(())
                 }
                 Err(e) => Err(io::Error::new(

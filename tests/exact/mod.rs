@@ -539,3 +539,33 @@ fn live_a_new_link_after_a_removed_one_is_mirrored_by_events() {
     ln(&t, "q", "r");
     converge_linked(&t, &svc, &["q", "r"]);
 }
+
+#[test]
+fn one_file_an_unprivileged_run_may_not_change_does_not_turn_attributes_off() {
+    // EPERM on one entry (another user's file in REPLICA) is that entry's error, not the
+    // filesystem refusing a namespace: user.* and ACLs must go on being mirrored.
+    let t = Tree::new();
+    t.file("p", b"pp").file("f", b"ff");
+    t.source().mtime("p", 1_600_000_000, 0);
+    setfattr(&t.src().join("p"), "user.tag", "1");
+    t.give_to(NOBODY, NOBODY);
+    // Another user's file where SOURCE has `p`: same bytes, mode and mtime, no attribute.
+    t.replica().file("p", b"pp");
+    fs::set_permissions(t.dst().join("p"), t.source().lstat("p").permissions()).unwrap();
+    t.replica().mtime("p", 1_600_000_000, 0);
+    let mut cmd = Command::new("setpriv");
+    cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into()])
+        .arg(crate::support::bin())
+        .arg(t.src())
+        .arg(t.dst())
+        .args(EVENTS_ONLY);
+    let svc = t.spawn_command(cmd);
+    assert!(wait_until(CONVERGE, || svc.log().contains(PASS_COMPLETE)), "{}", svc.log());
+    setfattr(&t.src().join("f"), "user.later", "2");
+    tool("setfacl", &["-m", "u:daemon:r", &t.src().join("f").to_string_lossy()]);
+    let f_same = || {
+        getfacl(&t.src().join("f")) == getfacl(&t.dst().join("f"))
+            && t.replica().xattrs("f").get("user.later") == Some(b"2".as_slice())
+    };
+    assert!(wait_until(CONVERGE, f_same), "f's attributes were not mirrored; log:\n{}", svc.log());
+}
