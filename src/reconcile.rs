@@ -820,12 +820,14 @@ impl Engine {
         let result = Entry::stat_fd(src_dir).and_then(|src| {
             let dst = Entry::stat_fd(dst_dir)?;
             let diff = src.attr_diff(&dst, self.rules().owners, &self.rules().mtimes);
+            // Attributes before the mode: user.* needs write permission on the directory.
+            let want =
+                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
+            self.dir_xattrs(want.as_ref(), dst_dir, true)?;
             if !diff.is_empty() {
                 ops::set_attrs_fd(dst_dir, &src, diff)?;
             }
-            let want =
-                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
-            self.dir_xattrs(want.as_ref(), dst_dir, true).map(|_| ())
+            Ok(())
         });
         if let Err(e) = result {
             self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
@@ -1150,11 +1152,13 @@ impl Engine {
         if let Some(dst_fd) = &node.dst_fd {
             let result = Entry::stat_fd(dst_fd).and_then(|now| {
                 let diff = node.src.attr_diff(&now, self.rules().owners, &self.rules().mtimes);
+                // Children never change a directory's attributes: what differs now, differed.
+                // Set before the mode: user.* needs write permission on the directory.
+                let changes = self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)?;
                 if apply && !diff.is_empty() {
                     ops::set_attrs_fd(dst_fd, &node.src, diff)?;
                 }
-                // Children never change a directory's attributes: what differs now, differed.
-                self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)
+                Ok(changes)
             });
             match result {
                 Ok(changes) => {

@@ -66,12 +66,17 @@ pub fn set_attrs_at(
         let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
         rustix::fs::chownat(&pinned.fd, c"", Some(uid(src.uid)), Some(gid(src.gid)), flags)?;
     }
-    if pinned.kind != Kind::Symlink && needs_chmod(src, diff) {
-        chmod_pinned(&pinned.fd, src.mode)?;
-    }
-    // After chown, which drops `security.capability`; an access ACL and the mode's group
-    // bits agree in SOURCE, so setting one after the other leaves both equal.
+    let mut chmod = pinned.kind != Kind::Symlink && needs_chmod(src, diff);
+    // After chown, which drops `security.capability`; before the mode, which may take away
+    // the write permission user.* attributes need (an access ACL and the mode's group bits
+    // agree in SOURCE, so setting the mode after the ACL leaves both equal). A replica
+    // entry that is read-only already is made writable to its owner meanwhile.
     if let Some((want, support)) = xattrs.filter(|_| diff.xattrs || diff.acl) {
+        let writable = pinned.mode & 0o200 != 0 || rustix::process::geteuid().is_root();
+        if pinned.kind != Kind::Symlink && !writable {
+            chmod_pinned(&pinned.fd, pinned.mode | 0o200)?;
+            chmod = true;
+        }
         // Through the pinned descriptor, symlinks included: the name may have been swapped
         // since the pin (for a hard link to a file outside REPLICA), and the descriptor's
         // /proc link lands on the symlink itself, never on what it points to.
@@ -83,7 +88,13 @@ pub fn set_attrs_at(
                 "replica file lost its capability (written since it was copied); left for a fresh copy",
             ));
         }
-        want.apply(handle, &have, support)?;
+        let applied = want.apply(handle, &have, support);
+        if chmod {
+            chmod_pinned(&pinned.fd, src.mode)?;
+        }
+        applied?;
+    } else if chmod {
+        chmod_pinned(&pinned.fd, src.mode)?;
     }
     if diff.mtime {
         utimes_pinned(&pinned, dirfd, name, src.mtime)?;
@@ -95,6 +106,7 @@ pub fn set_attrs_at(
 pub(super) struct Pinned {
     pub(super) fd: OwnedFd,
     kind: Kind,
+    mode: u32,
 }
 
 /// Opens `name` as `O_PATH|O_NOFOLLOW` (which never opens the file itself: no FIFO
@@ -123,7 +135,7 @@ pub(super) fn pin(dirfd: BorrowedFd<'_>, name: &CStr, expect: Expect<'_>) -> io:
             "replica entry was replaced or linked elsewhere while being fixed; left alone",
         ));
     }
-    Ok(Pinned { fd, kind: now.kind })
+    Ok(Pinned { fd, kind: now.kind, mode: now.mode })
 }
 
 /// Opens the replica file `name` for reading, but only after pinning it and checking it is

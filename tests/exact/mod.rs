@@ -569,3 +569,23 @@ fn one_file_an_unprivileged_run_may_not_change_does_not_turn_attributes_off() {
     };
     assert!(wait_until(CONVERGE, f_same), "f's attributes were not mirrored; log:\n{}", svc.log());
 }
+
+#[test]
+fn an_unprivileged_run_mirrors_user_attributes_of_read_only_files() {
+    // Setting user.* needs write permission on the file: a read-only file's attribute is
+    // set before its mode, and a failure there is not the filesystem refusing user.*.
+    let t = Tree::new();
+    t.file("ro", b"r").file("w", b"w");
+    setfattr(&t.src().join("ro"), "user.a", "1");
+    setfattr(&t.src().join("w"), "user.b", "2");
+    t.source().chmod("ro", 0o444);
+    t.give_to(NOBODY, NOBODY);
+    let run = t.once_as_nobody(&[]);
+    run.assert_code(0);
+    assert!(!run.stderr.contains("does not take these attributes"), "{}", run.stderr);
+    t.assert_mirrored();
+    // A change of the attribute later is made in place on the read-only replica file.
+    setfattr(&t.src().join("ro"), "user.a", "changed");
+    t.once_as_nobody(&[]).assert_code(0);
+    t.assert_mirrored();
+}
