@@ -15,14 +15,18 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Action, Counters, Engine, Item, c_name, open_path_at};
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, Op};
 use crate::ops;
 use crate::relpath::RelPath;
+
+/// A link REPLICA refused was met (warned about once per process).
+static LINK_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// A SOURCE file's (device, inode).
 type InodeKey = (u64, u64);
@@ -269,7 +273,7 @@ impl Engine {
         else {
             return;
         };
-        if !src.is_some_and(|s| s.kind == Kind::File && (s.dev, s.ino) == key) {
+        if !src.as_ref().is_some_and(|s| s.kind == Kind::File && (s.dev, s.ino) == key) {
             return;
         }
         let joined =
@@ -297,8 +301,32 @@ impl Engine {
                 &here.name,
                 &self.temp_names,
             );
-            if let Err(e) = linked {
-                return self.record(counters, EntryError::io(Op::Link, rel, e));
+            match linked {
+                // REPLICA cannot give the file one more name (its filesystem's link limit,
+                // or no hard links at all): this name is mirrored as a file of its own
+                // rather than not at all.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMLINK | libc::EPERM | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    if !LINK_REFUSED.swap(true, Ordering::Relaxed) {
+                        warn!(path = %rel, error = %e, "the replica cannot link this file; names it refuses are copied as files of their own");
+                    }
+                    let action = self.decide_at(
+                        &here.src,
+                        Some(to_dir),
+                        &here.name,
+                        src.as_ref(),
+                        dst.as_ref(),
+                        false,
+                    );
+                    let item = Item { name: here.name.clone(), src, dst, action };
+                    return self.apply(&here.src, Some(to_dir), &here.rel, item, counters);
+                }
+                Err(e) => return self.record(counters, EntryError::io(Op::Link, rel, e)),
+                Ok(()) => {}
             }
             self.fix_dir_attrs(&here.src, to_dir, &here.rel, counters);
         } else if !self.opts.dry_run {

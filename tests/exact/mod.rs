@@ -589,3 +589,47 @@ fn an_unprivileged_run_mirrors_user_attributes_of_read_only_files() {
     t.once_as_nobody(&[]).assert_code(0);
     t.assert_mirrored();
 }
+
+#[test]
+fn names_beyond_the_replicas_link_limit_are_copied_not_lost() {
+    // ext4 takes at most 65000 names per file; tmpfs more. The names REPLICA refuses to
+    // link must still be there (as files of their own), and a second run leaves them be.
+    let t = Tree::new();
+    t.replica().dir("");
+    let script = r#"
+        set -e
+        mount -t tmpfs t "$S"
+        echo shared > "$S/f"
+        python3 -c "import os; os.chdir(os.environ['S']); [os.link('f', 'l%d' % i) for i in range(65010)]"
+        truncate -s 64M "$B/img"; mke2fs -q -t ext4 -N 70000 "$B/img"; mount -o loop "$B/img" "$D"
+        rmdir "$D/lost+found"
+        set +e
+        "$0" --once "$S" "$D" 2>"$B/first.log"; echo "first=$?"
+        "$0" --once "$S" "$D" 2>"$B/second.log"; echo "second=$?"
+        echo "names=$(ls "$D" | wc -l) content=$(cat "$D/l9999")"
+    "#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(crate::support::bin())
+        .env("S", t.src())
+        .env("D", t.dst())
+        .env("B", t.base())
+        .output()
+        .expect("unshare (needs root, python3, mke2fs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let second = fs::read_to_string(t.base().join("second.log")).unwrap_or_default();
+    assert!(
+        stdout.contains("first=0") && stdout.contains("names=65011 content=shared"),
+        "{stdout}\n{}\nfirst run:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(t.base().join("first.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("action=link"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(stdout.contains("second=0"), "{stdout}\n{second}");
+    let acted: Vec<&str> = second.lines().filter(|l| l.contains("action=")).collect();
+    assert!(acted.is_empty(), "the second run acted again: {acted:?}");
+}
