@@ -221,8 +221,17 @@ impl Engine {
         let Some(src) = src.filter(|s| s.kind == Kind::File && (s.dev, s.ino) == key) else {
             return;
         };
-        let action =
+        let mut action =
             self.decide_at(&at.src, at.dst.as_ref(), &at.name, Some(&src), dst.as_ref(), false);
+        // REPLICA's file has names the group does not account for (one kept in REPLICA
+        // for an excluded name, one a stranger made, perhaps outside REPLICA): it is
+        // neither changed in place nor given more names; the group moves to a fresh copy.
+        if let Some(d) = dst.as_ref().filter(|d| d.kind == Kind::File && d.nlink > 1)
+            && matches!(action, Action::Nothing | Action::Attrs(_) | Action::CompareContent)
+            && d.nlink > 1 + self.names_sharing(roots, d, &names)
+        {
+            action = Action::Update;
+        }
         let keeps_content = matches!(action, Action::Nothing | Action::Attrs(_));
         let own = Counters::default();
         let item = Item { name: at.name.clone(), src: Some(src.clone()), dst: dst.clone(), action };
@@ -334,6 +343,17 @@ impl Engine {
         }
         info!(action = %"link", path = %rel, target = %leader);
         Counters::bump(&counters.link, 1);
+    }
+
+    /// How many of `names` are, in REPLICA, the file `replica`.
+    fn names_sharing(&self, roots: &LinkRoots, replica: &Entry, names: &[LinkName]) -> u64 {
+        let shares = |n: &LinkName| {
+            let Some(here) = self.parents(roots, &n.rel) else { return false };
+            let Some(dir) = &here.dst else { return false };
+            matches!(Entry::stat_at(dir, &here.name), Ok(Some(e))
+                if e.kind == Kind::File && (e.dev, e.ino) == (replica.dev, replica.ino))
+        };
+        names.iter().filter(|n| shares(n)).count() as u64
     }
 
     /// Opens the parent directories of `rel` on both sides (REPLICA's may be missing only

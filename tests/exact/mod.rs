@@ -633,3 +633,25 @@ fn names_beyond_the_replicas_link_limit_are_copied_not_lost() {
     let acted: Vec<&str> = second.lines().filter(|l| l.contains("action=")).collect();
     assert!(acted.is_empty(), "the second run acted again: {acted:?}");
 }
+
+#[test]
+fn a_group_whose_replica_file_has_a_name_outside_the_group_still_gets_every_name() {
+    // REPLICA's file also has a name the group no longer accounts for (an excluded name
+    // kept in REPLICA here; a name a stranger made elsewhere, likewise): the file cannot
+    // take more names, so the group moves to a fresh copy instead of failing for ever.
+    let t = Tree::new();
+    t.file("a", b"shared");
+    ln(&t, "a", "b");
+    ln(&t, "a", "c");
+    t.once(&[]).assert_code(0);
+    fs::remove_file(t.src().join("c")).unwrap();
+    ln(&t, "a", "d");
+    let run = t.once(&["--exclude", "/c"]);
+    run.assert_code(0);
+    assert!(t.dst().join("c").exists(), "the excluded name was touched");
+    assert_links(&t, &["a", "b", "d"]);
+    assert_eq!(fs::read(t.dst().join("d")).unwrap(), b"shared");
+    let again = t.once(&["--exclude", "/c"]);
+    again.assert_code(0);
+    assert!(again.actions().is_empty(), "{:?}", again.actions());
+}
