@@ -1333,9 +1333,9 @@ impl Engine {
         }
         let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
         match (read(src_dir), read(dst_dir)) {
-            // A capability goes only onto bytes replicad copies (see `grants_capability`).
+            // A capability or label goes only onto bytes replicad copies (`grants_security`).
             (Ok(want), Ok(have))
-                if dst.kind == Kind::File && want.grants_capability(&have, support) =>
+                if dst.kind == Kind::File && want.grants_security(&have, support) =>
             {
                 return Action::Update;
             }
@@ -1462,7 +1462,7 @@ impl Engine {
             let source = self.source_xattrs(src_dir, name, rel)?.unwrap_or_default();
             let have = Xattrs::read(Handle::At(dir.as_fd(), name))
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
-            if dst.kind == Kind::File && source.grants_capability(&have, support) {
+            if dst.kind == Kind::File && source.grants_security(&have, support) {
                 // Not in place: the bytes may not be the ones replicad copied.
                 return self.create_entry(
                     src_dir,

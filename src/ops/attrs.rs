@@ -82,10 +82,10 @@ pub fn set_attrs_at(
         // /proc link lands on the symlink itself, never on what it points to.
         let handle = Handle::Pinned(pinned.fd.as_fd());
         let have = Xattrs::read(handle)?;
-        if pinned.kind == Kind::File && want.grants_capability(&have, support) {
+        if pinned.kind == Kind::File && want.grants_security(&have, support) {
             return Err(io::Error::new(
                 io::ErrorKind::StaleNetworkFileHandle,
-                "replica file lost its capability (written since it was copied); left for a fresh copy",
+                "replica file lacks a security attribute (a capability, a label) SOURCE has; given only to a fresh copy",
             ));
         }
         let applied = want.apply(handle, &have, support);

@@ -308,15 +308,17 @@ impl Xattrs {
             .map(|i| self.items[i].1.as_slice())
     }
 
-    /// True if making REPLICA's set (`replica`) equal to `self` would give the entry a file
-    /// capability it lacks (or another one). A file's bytes may have been written by its
-    /// owner since replicad copied them (a write drops the capability): a capability is
-    /// only ever given to a fresh copy, never in place.
-    pub fn grants_capability(&self, replica: &Xattrs, support: &XattrSupport) -> bool {
-        let want = self.get(c"security.capability");
+    /// True if making REPLICA's set (`replica`) equal to `self` would give the entry a
+    /// `security.*` attribute it lacks, or another value: a file capability, or a label
+    /// that decides what executing the file may do (SELinux, SMACK64EXEC). A file's bytes
+    /// may have been written by its owner since replicad copied them (a write drops the
+    /// capability): such attributes are only ever given to a fresh copy, never in place.
+    pub fn grants_security(&self, replica: &Xattrs, support: &XattrSupport) -> bool {
         support.usable(Namespace::Security)
-            && want.is_some()
-            && want != replica.get(c"security.capability")
+            && self.items.iter().any(|(name, value)| {
+                Namespace::of(name.to_bytes()) == Some(Namespace::Security)
+                    && replica.get(name) != Some(value.as_slice())
+            })
     }
 
     /// Which kinds differ between SOURCE's set (`self`) and REPLICA's, counting only
@@ -450,5 +452,18 @@ mod tests {
         src.apply(at, &before, &support).expect("apply");
         assert_eq!(Xattrs::read(at).expect("read"), src);
         assert!(support.refused().is_empty());
+    }
+
+    #[test]
+    fn only_security_attributes_added_or_changed_count_as_granted() {
+        let support = XattrSupport::default();
+        let cap = set(&[("security.capability", b"c"), ("user.a", b"1")]);
+        let label = set(&[("security.selinux", b"exec_t")]);
+        assert!(cap.grants_security(&set(&[("user.a", b"1")]), &support), "added");
+        assert!(label.grants_security(&set(&[("security.selinux", b"user_t")]), &support));
+        assert!(!cap.grants_security(&set(&[("security.capability", b"c")]), &support));
+        assert!(!Xattrs::none().grants_security(&label, &support), "a removal is not a grant");
+        support.refuse(Namespace::Security, &io::Error::from(Errno::NOTSUP));
+        assert!(!cap.grants_security(&Xattrs::none(), &support));
     }
 }
