@@ -226,7 +226,10 @@ impl Engine {
         // REPLICA's file has names the group does not account for (one kept in REPLICA
         // for an excluded name, one a stranger made, perhaps outside REPLICA): it is
         // neither changed in place nor given more names; the group moves to a fresh copy.
+        // Not in a dry run: it removes nothing, so names the real run has removed by now
+        // (SOURCE dropped them) would still count against the file.
         if let Some(d) = dst.as_ref().filter(|d| d.kind == Kind::File && d.nlink > 1)
+            && !self.opts.dry_run
             && matches!(action, Action::Nothing | Action::Attrs(_) | Action::CompareContent)
             && d.nlink > 1 + self.names_sharing(roots, d, &names)
         {

@@ -655,3 +655,32 @@ fn a_group_whose_replica_file_has_a_name_outside_the_group_still_gets_every_name
     again.assert_code(0);
     assert!(again.actions().is_empty(), "{:?}", again.actions());
 }
+
+#[test]
+fn dry_run_matches_the_real_run_when_a_link_is_removed_and_another_made() {
+    // The dry run removes nothing, so REPLICA's file still has the removed name's link
+    // when the group is settled: that must not make it print a fresh copy the real run
+    // (which removed the name first) does not make.
+    let t = Tree::new();
+    t.file("a", b"shared");
+    ln(&t, "a", "b");
+    ln(&t, "a", "c");
+    t.once(&[]).assert_code(0);
+    fs::remove_file(t.src().join("c")).unwrap();
+    ln(&t, "a", "d");
+    let dry = t.once(&["--dry-run"]);
+    dry.assert_code(0);
+    let real = t.once(&[]);
+    real.assert_code(0);
+    let strip = |s: &str| -> Vec<String> {
+        let mut v: Vec<String> = action_lines(s)
+            .iter()
+            .map(|l| l.split_once("action=").unwrap().1.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(strip(&dry.stderr), strip(&real.stderr), "dry run and real run differ");
+    t.assert_mirrored();
+    assert_links(&t, &["a", "b", "d"]);
+}
