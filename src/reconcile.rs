@@ -770,7 +770,8 @@ impl Engine {
             Counters::bump(&counters.scanned, 1);
             self.note_mtime_precision(rel, src);
         }
-        let action = self.decide_at(src_dir, Some(dst_dir), &name, src.as_ref(), dst.as_ref());
+        let action =
+            self.decide_at(src_dir, Some(dst_dir), &name, src.as_ref(), dst.as_ref(), false);
         let fresh_dir = !matches!(&dst, Some(d) if d.kind == Kind::Dir);
         match (action, src) {
             (Action::Descend, Some(src)) if recursive || fresh_dir => {
@@ -819,12 +820,14 @@ impl Engine {
         let result = Entry::stat_fd(src_dir).and_then(|src| {
             let dst = Entry::stat_fd(dst_dir)?;
             let diff = src.attr_diff(&dst, self.rules().owners, &self.rules().mtimes);
+            // Attributes before the mode: user.* needs write permission on the directory.
+            let want =
+                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
+            self.dir_xattrs(want.as_ref(), dst_dir, true)?;
             if !diff.is_empty() {
                 ops::set_attrs_fd(dst_dir, &src, diff)?;
             }
-            let want =
-                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
-            self.dir_xattrs(want.as_ref(), dst_dir, true).map(|_| ())
+            Ok(())
         });
         if let Err(e) = result {
             self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
@@ -953,10 +956,18 @@ impl Engine {
             }
             other => other.and_then(Result::ok),
         };
+        // The horizon vouches for an entry only while its directories, on both sides, have
+        // not moved since the last clean pass (a rename of one moves its ctime, not theirs).
+        let settled = match &place {
+            Place::Top(rel) if rel.is_root() => true,
+            Place::Top(_) => false,
+            Place::Child(_) => parent.as_ref().is_some_and(|p| p.settled),
+        } && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d));
         let node = Arc::new(DirNode {
             place,
             src,
             src_xattrs,
+            settled,
             dst_before: dst,
             dst_fd,
             created,
@@ -1107,7 +1118,8 @@ impl Engine {
         if let Some(src) = &src {
             self.note_mtime_precision(&LazyRel(&rel), src);
         }
-        let action = self.decide_at(src_fd, node.dst_fd.as_ref(), name, src.as_ref(), dst.as_ref());
+        let (dst_fd, settled) = (node.dst_fd.as_ref(), node.settled);
+        let action = self.decide_at(src_fd, dst_fd, name, src.as_ref(), dst.as_ref(), settled);
         if self.defer_link(rel, src.as_ref(), dst.as_ref(), action, counters) {
             return None;
         }
@@ -1140,11 +1152,13 @@ impl Engine {
         if let Some(dst_fd) = &node.dst_fd {
             let result = Entry::stat_fd(dst_fd).and_then(|now| {
                 let diff = node.src.attr_diff(&now, self.rules().owners, &self.rules().mtimes);
+                // Children never change a directory's attributes: what differs now, differed.
+                // Set before the mode: user.* needs write permission on the directory.
+                let changes = self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)?;
                 if apply && !diff.is_empty() {
                     ops::set_attrs_fd(dst_fd, &node.src, diff)?;
                 }
-                // Children never change a directory's attributes: what differs now, differed.
-                self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)
+                Ok(changes)
             });
             match result {
                 Ok(changes) => {
@@ -1262,6 +1276,8 @@ impl Engine {
         Some((src, dst))
     }
 
+    /// `settled`: the entry's directories are unchanged since the last clean pass on both
+    /// sides, so the horizon may vouch for its attributes.
     fn decide_at(
         &self,
         src_dir: &OwnedFd,
@@ -1269,11 +1285,12 @@ impl Engine {
         name: &CStr,
         src: Option<&Entry>,
         dst: Option<&Entry>,
+        settled: bool,
     ) -> Action {
         let action = decide(src, dst, self.rules(), || {
             dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
         });
-        self.with_xattr_changes(action, src_dir, dst_dir, name, src, dst)
+        self.with_xattr_changes(action, src_dir, dst_dir, name, src, dst, settled)
     }
 
     /// What the replica entry `dst`, decided on against `src`, must still be when it is
@@ -1290,6 +1307,7 @@ impl Engine {
 
     /// `statx` cannot see extended attributes: an entry that looks in sync, or that needs
     /// only attributes, has them read on both sides. (Directories: when finalized.)
+    #[allow(clippy::too_many_arguments)]
     fn with_xattr_changes(
         &self,
         action: Action,
@@ -1298,6 +1316,7 @@ impl Engine {
         name: &CStr,
         src: Option<&Entry>,
         dst: Option<&Entry>,
+        settled: bool,
     ) -> Action {
         let mut diff = match action {
             Action::Nothing => AttrDiff::default(),
@@ -1309,11 +1328,17 @@ impl Engine {
         else {
             return action;
         };
-        if self.horizon.unchanged(src, dst) {
+        if settled && self.horizon.unchanged(src, dst) {
             return action;
         }
         let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
         match (read(src_dir), read(dst_dir)) {
+            // A capability or label goes only onto bytes replicad copies (`grants_security`).
+            (Ok(want), Ok(have))
+                if dst.kind == Kind::File && want.grants_security(&have, support) =>
+            {
+                return Action::Update;
+            }
             (Ok(want), Ok(have)) => {
                 let changes = want.changes(&have, support);
                 (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
@@ -1437,6 +1462,19 @@ impl Engine {
             let source = self.source_xattrs(src_dir, name, rel)?.unwrap_or_default();
             let have = Xattrs::read(Handle::At(dir.as_fd(), name))
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
+            if dst.kind == Kind::File && source.grants_security(&have, support) {
+                // Not in place: the bytes may not be the ones replicad copied.
+                return self.create_entry(
+                    src_dir,
+                    dst_dir,
+                    name,
+                    rel,
+                    src,
+                    Some(dst),
+                    true,
+                    counters,
+                );
+            }
             let changes = source.changes(&have, support);
             (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
             want = Some((source, support));
@@ -1806,6 +1844,9 @@ struct DirNode {
     src: Entry,
     /// SOURCE's extended attributes, read when it was listed (`None`: not mirrored).
     src_xattrs: Option<Xattrs>,
+    /// This directory and every one above it are unchanged on both sides since the last
+    /// clean pass (see `horizon`); never for event work, which starts below the root.
+    settled: bool,
     dst_before: Option<Entry>,
     dst_fd: Option<OwnedFd>,
     created: bool,
@@ -1871,6 +1912,7 @@ impl DirNode {
             place: Place::Top(rel),
             src: placeholder,
             src_xattrs: None,
+            settled: false,
             dst_before: None,
             dst_fd,
             created: false,

@@ -4,7 +4,10 @@
 //! (every entry looked at, no error) started at T, an entry whose SOURCE and REPLICA
 //! ctimes are both older than T was looked at by that pass in the state it still has:
 //! its attributes were equal, or that pass set them (which would have moved REPLICA's
-//! ctime past T). Reading them again cannot find a difference.
+//! ctime past T). Reading them again cannot find a difference — as long as the name still
+//! pairs the same two inodes: a directory rename moves entries without moving their
+//! ctimes, so the walk trusts the horizon only below directories whose ctimes, on both
+//! sides and all the way up, are older than T as well.
 //!
 //! This holds only while ctimes and T come from one clock: both roots must be on local
 //! filesystems (a network server stamps ctimes with its own clock), and the wall clock
