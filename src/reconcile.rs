@@ -957,12 +957,16 @@ impl Engine {
             other => other.and_then(Result::ok),
         };
         // The horizon vouches for an entry only while its directories, on both sides, have
-        // not moved since the last clean pass (a rename of one moves its ctime, not theirs).
-        let settled = match &place {
-            Place::Top(rel) if rel.is_root() => true,
-            Place::Top(_) => false,
-            Place::Child(_) => parent.as_ref().is_some_and(|p| p.settled),
-        } && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d));
+        // not moved since the last clean pass (a rename of one moves its ctime, not theirs),
+        // and only on SOURCE's own filesystem (one mounted inside it may be stamped by
+        // another machine's clock).
+        let settled = src.dev == self.guard.source_dev()
+            && match &place {
+                Place::Top(rel) if rel.is_root() => true,
+                Place::Top(_) => false,
+                Place::Child(_) => parent.as_ref().is_some_and(|p| p.settled),
+            }
+            && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d));
         let node = Arc::new(DirNode {
             place,
             src,
