@@ -57,6 +57,8 @@ pub struct Config {
     pub own_files: Vec<(u64, u64)>,
     /// REPLICA did not exist: this run creates it (or, in a dry run, would).
     pub replica_created: bool,
+    /// One line per `REPLICAD_*` variable that is set but not read (logged at start).
+    pub env_warnings: Vec<String>,
 }
 
 impl Config {
@@ -65,7 +67,15 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, Fatal> {
         let source = check_source(&args.source)?;
         let replica = check_replica(&args.replica, &source, &args.source)?;
-        let excludes = Excludes::new(&source, &args.exclude)?;
+        let mut patterns = args.exclude.clone();
+        if let Some(file) = &args.exclude_from {
+            patterns.extend(read_exclude_file(file)?);
+        }
+        // REPLICAD_EXCLUDE splits on newlines; a file written on Windows leaves a '\r'.
+        patterns.retain(|p| !p.trim().is_empty());
+        let patterns: Vec<String> =
+            patterns.into_iter().map(|p| p.trim_end_matches('\r').to_owned()).collect();
+        let excludes = Excludes::new(&source, &patterns)?;
         if let Some(log) = &args.log_file {
             check_log_file(log, &source, &replica)?;
         }
@@ -103,8 +113,17 @@ impl Config {
             chown: may_chown(),
             own_files,
             replica_created,
+            env_warnings: crate::cli::unknown_env_warnings(std::env::vars_os().map(|(k, _)| k)),
         })
     }
+}
+
+/// The patterns of an `--exclude-from` file: one per line; blank lines and `#` comments
+/// are left to the gitignore parser, which skips them.
+fn read_exclude_file(path: &Path) -> Result<Vec<String>, Fatal> {
+    let text = fs::read_to_string(path)
+        .map_err(|source| Fatal::ExcludeFrom { path: path.to_path_buf(), source })?;
+    Ok(text.lines().map(str::to_owned).collect())
 }
 
 /// Opens the log file for appending, creating its parent directories. Opened without

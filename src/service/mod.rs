@@ -405,6 +405,9 @@ fn log_start(config: &Config) {
         "replicad {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    for warning in &config.env_warnings {
+        warn!("{warning}");
+    }
     if !config.chown {
         warn!("owners are not mirrored: this process may not chown (needs root or CAP_CHOWN)");
     }

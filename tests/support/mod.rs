@@ -878,22 +878,20 @@ pub fn wrapper(program: &str) -> assert_cmd::Command {
     cmd
 }
 
-/// The environment variables replicad reads; a developer's values must not leak into tests.
-const OWN_ENV: [&str; 10] = [
-    "RUST_LOG",
-    "REPLICAD_SOURCE",
-    "REPLICAD_REPLICA",
-    "REPLICAD_INTERVAL",
-    "REPLICAD_LOG_FILE",
-    "REPLICAD_DEBOUNCE",
-    "REPLICAD_JOBS",
-    "REPLICAD_LOG_FORMAT",
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-];
+/// The environment variables replicad reads besides its own `REPLICAD_*` (all of which
+/// are cleared too); a developer's values must not leak into tests.
+const OWN_ENV: [&str; 3] = ["RUST_LOG", "NOTIFY_SOCKET", "WATCHDOG_USEC"];
+
+/// Every variable of this process that replicad would read.
+fn own_env() -> Vec<OsString> {
+    let replicad = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.as_encoded_bytes().starts_with(b"REPLICAD_"));
+    OWN_ENV.iter().map(OsString::from).chain(replicad).collect()
+}
 
 fn clean_env(cmd: &mut assert_cmd::Command) {
-    for var in OWN_ENV {
+    for var in own_env() {
         cmd.env_remove(var);
     }
 }
@@ -1033,7 +1031,7 @@ impl Service {
         let log = dir.join(format!("service-{}.stderr", SERVICES.fetch_add(1, Ordering::Relaxed)));
         let file = File::create(&log).expect("create service log");
         let set: Vec<OsString> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
-        for var in OWN_ENV.iter().filter(|v| !set.iter().any(|s| s == **v)) {
+        for var in own_env().iter().filter(|v| !set.contains(v)) {
             cmd.env_remove(var);
         }
         let child = cmd
