@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long, env = "REPLICAD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Serve /healthz, /readyz, /metrics, /status and a status page over HTTP on this
+    /// address: 127.0.0.1:PORT, [::1]:PORT, 0.0.0.0:PORT (a pod's probes), or
+    /// unix:/path.sock (mode 0600). Off by default.
+    #[arg(long, env = "REPLICAD_STATUS_ADDR", value_name = "ADDR", value_parser = parse_status_addr)]
+    pub status_addr: Option<StatusAddr>,
+
     /// More logging (-v debug, -vv trace). RUST_LOG, when set, wins.
     #[arg(short, long, env = "REPLICAD_VERBOSE", action = ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,
@@ -87,6 +93,28 @@ pub struct Args {
     /// Less logging (-q warnings and errors only, -qq errors only). RUST_LOG, when set, wins.
     #[arg(short, long, env = "REPLICAD_QUIET", action = ArgAction::Count)]
     pub quiet: u8,
+}
+
+/// Where the status endpoint listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusAddr {
+    /// A TCP address and port.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket path (created with mode 0600).
+    Unix(PathBuf),
+}
+
+/// Parses `HOST:PORT` (an IP address, IPv6 in brackets) or `unix:/path`.
+pub fn parse_status_addr(text: &str) -> Result<StatusAddr, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        if !path.starts_with('/') {
+            return Err("a unix socket path must be absolute (unix:/run/replicad.sock)".into());
+        }
+        return Ok(StatusAddr::Unix(PathBuf::from(path)));
+    }
+    text.parse()
+        .map(StatusAddr::Tcp)
+        .map_err(|_| "expected IP:PORT ([::1]:PORT for IPv6) or unix:/path.sock".to_string())
 }
 
 /// How log lines are written.
@@ -249,6 +277,12 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(parse_interval("100ms"), Ok(MIN_INTERVAL));
+        assert!(matches!(parse_status_addr("127.0.0.1:9"), Ok(StatusAddr::Tcp(_))));
+        assert!(matches!(parse_status_addr("[::1]:9"), Ok(StatusAddr::Tcp(_))));
+        assert_eq!(parse_status_addr("unix:/r.sock"), Ok(StatusAddr::Unix("/r.sock".into())));
+        for bad in ["localhost:9", "9", "unix:r.sock", "127.0.0.1"] {
+            assert!(parse_status_addr(bad).is_err(), "{bad} should be refused");
+        }
         for busy in ["1ns", "99ms"] {
             assert!(parse_interval(busy).is_err(), "{busy} is a busy loop, not an interval");
         }

@@ -57,6 +57,8 @@ pub struct Config {
     pub own_files: Vec<(u64, u64)>,
     /// REPLICA did not exist: this run creates it (or, in a dry run, would).
     pub replica_created: bool,
+    /// Where the status endpoint listens, if anywhere.
+    pub status_addr: Option<crate::cli::StatusAddr>,
     /// One line per `REPLICAD_*` variable that is set but not read (logged at start).
     pub env_warnings: Vec<String>,
 }
@@ -113,6 +115,7 @@ impl Config {
             chown: may_chown(),
             own_files,
             replica_created,
+            status_addr: args.status_addr,
             env_warnings: crate::cli::unknown_env_warnings(std::env::vars_os().map(|(k, _)| k)),
         })
     }

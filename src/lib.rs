@@ -10,6 +10,8 @@
 //! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s; raw events noted so no merged-away name is lost |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
 //! | [`reconcile`] | the engine: `decide` (pure) then `apply`, as tasks on one pool of `--jobs` threads |
+//! | [`status`] | the HTTP status endpoint: probes, Prometheus metrics, JSON and a page |
+//! | [`stats`] | what the service knows of itself (counters, lag, in-sync time, last errors), for the status endpoint |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
 //! | [`ops`] | primitive replica operations, each safe alone; never resolve a swappable name |
 //! | [`checksum`] | MD5 of a file and a bounded cache keyed by inode and timestamps |
@@ -34,4 +36,6 @@ pub mod queue;
 pub mod reconcile;
 pub mod relpath;
 pub mod service;
+pub mod stats;
+pub mod status;
 pub mod watch;

@@ -25,6 +25,7 @@ use crate::error::{EntryError, EntryErrorKind, Fatal, GuardTrip, Op};
 use crate::guard::{Guard, OpenRoots};
 use crate::ops::{self, CopyCaps, CopyOptions, Expect, TempNames};
 use crate::relpath::RelPath;
+use crate::stats::Stats;
 
 // =======================================================================================
 // Deciding (pure)
@@ -247,6 +248,29 @@ impl Counters {
         counter.fetch_add(by, Ordering::Relaxed);
     }
 
+    /// Adds everything `other` counted (a full pass counts into its own, shared set).
+    fn add_from(&self, other: &Counters) {
+        let c = other.snapshot();
+        for (mine, n) in [
+            (&self.scanned, c.scanned),
+            (&self.create, c.create),
+            (&self.copy, c.copy),
+            (&self.update, c.update),
+            (&self.attrs, c.attrs),
+            (&self.rename, c.rename),
+            (&self.remove, c.remove),
+            (&self.errors, c.errors),
+            (&self.skipped, c.skipped),
+            (&self.vanished, c.vanished),
+            (&self.bytes, c.bytes),
+        ] {
+            Counters::bump(mine, n);
+        }
+        if other.transient.load(Ordering::Relaxed) {
+            self.transient.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn snapshot(&self) -> Counts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Counts {
@@ -309,6 +333,10 @@ pub struct Engine {
     /// REPLICA's root was made by this run (a dry run: would be): the first pass says
     /// `create` for it, not `attrs`.
     fresh_replica: AtomicBool,
+    /// Where entry errors are counted and the last ones kept (the status endpoint).
+    stats: Arc<Stats>,
+    /// The running full pass's counters, for progress shown while it runs.
+    current_pass: Mutex<Option<Arc<Counters>>>,
 }
 
 impl Engine {
@@ -352,6 +380,8 @@ impl Engine {
             boundaries_warned: Mutex::new(HashSet::new()),
             own_files: config.own_files.clone(),
             fresh_replica: AtomicBool::new(config.replica_created),
+            stats: Arc::new(Stats::new()),
+            current_pass: Mutex::new(None),
         })
     }
 
@@ -375,7 +405,24 @@ impl Engine {
 
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
-        self.run(|roots, counters| self.reconcile_root(roots, counters))
+        self.run(|roots, counters| {
+            let live = Arc::new(Counters::default());
+            *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
+            self.reconcile_root(roots, &live);
+            *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            counters.add_from(&live);
+        })
+    }
+
+    /// What the running full pass has done so far; `None` between passes.
+    pub fn pass_progress(&self) -> Option<Counts> {
+        let current = self.current_pass.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        current.map(|c| c.snapshot())
+    }
+
+    /// The service's statistics, which this engine's entry errors feed.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
@@ -1470,6 +1517,7 @@ impl Engine {
             return Counters::bump(&counters.vanished, 1);
         }
         error!(op = %e.op, path = %e.path, error = %e.kind, "cannot mirror entry");
+        self.stats.entry_error(e.op, &e.path, &e.kind);
         Counters::bump(&counters.errors, 1);
     }
 }

@@ -16,6 +16,7 @@
 //! - `removals`: the event path must remove every name that left SOURCE, whatever the
 //!   debouncer merged away.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
+//! - `status`: the status endpoint's routes, lag and in-sync time, the page in Chromium.
 //! - `attack`: a stranger writing into REPLICA races replicad; nothing outside REPLICA changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
@@ -33,3 +34,4 @@ mod promises;
 mod prop;
 mod removals;
 mod service;
+mod status;

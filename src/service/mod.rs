@@ -24,6 +24,7 @@ use crate::error::GuardTrip;
 use crate::queue::{self, Outcome, Work};
 use crate::reconcile::{Engine, PassReport};
 use crate::relpath::Escaped;
+use crate::stats::{PassSummary, Stats};
 use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
 use watcher::Watcher;
 
@@ -134,6 +135,25 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
         }
     };
     let tracker = TaskTracker::new();
+    let stats = engine.stats().clone();
+    if let Some(addr) = &config.status_addr {
+        let listener = match crate::status::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot listen on --status-addr {addr:?}: {e}");
+                signals.abort();
+                return 1;
+            }
+        };
+        info!(addr = %listener.describe(), "status endpoint listening");
+        let state = Arc::new(crate::status::StatusState {
+            stats: stats.clone(),
+            engine: engine.clone(),
+            source: Escaped::path(&config.source).to_string(),
+            replica: Escaped::path(&config.replica).to_string(),
+        });
+        tracker.spawn(crate::status::serve(listener, state, cancel.clone()));
+    }
     let full_pass = Arc::new(Notify::new());
     // Full passes take the write side; event work the read side: the same path is never
     // worked on by a pass and a queue worker at once.
@@ -150,11 +170,13 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
             config.jobs,
             full_pass.clone(),
             work,
+            stats.clone(),
             cancel.clone(),
         ));
         status = pass_loop(&config, &engine, &exclusive, &full_pass, &mut watcher, &cancel).await;
     }
 
+    stats.stopping();
     info!("stopping: waiting for in-flight work");
     notify(&[NotifyState::Stopping]);
     cancel.cancel();
@@ -181,12 +203,14 @@ async fn pass_loop(
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate: the first pass starts now
-    let mut watchdog = Watchdog::new();
+    let stats = engine.stats().clone();
+    let mut watchdog = Watchdog::new(stats.clone());
     let mut first = true;
     let mut overrunning = false;
     let mut previous_wake = Wake::Interval;
     let mut backoff = Duration::ZERO;
     loop {
+        let mark = stats.pass_begins();
         let report = match full_pass_guarded(engine, exclusive, cancel, &mut watchdog).await {
             PassRun::Done(report) => report,
             PassRun::Stopped => return 0,
@@ -205,11 +229,13 @@ async fn pass_loop(
             error!("stopping: the replica cannot be written (see above)");
             return 1;
         }
+        record_pass(&stats, &report, mark);
         if first {
             notify(&[NotifyState::Ready]);
             first = false;
         }
-        notify(&[NotifyState::Status(&status_line(&report))]);
+        notify(&[NotifyState::Status(&status_line(&report, &stats))]);
+        watcher.publish(&stats).await;
         let overran = report.duration > config.interval;
         if overran && !overrunning {
             warn!(
@@ -344,6 +370,7 @@ async fn wait_for_next_pass(
             _ = ticks.tick() => return Wake::Interval,
             () = full_pass.notified() => {
                 info!("full pass requested: events may have been lost");
+                watchdog.stats().full_pass_requested(std::time::Instant::now());
                 return Wake::Requested;
             }
             () = &mut recheck => return Wake::Recheck,
@@ -364,6 +391,7 @@ fn work_fn(
         let engine = engine.clone();
         let exclusive = exclusive.clone();
         let cancel = cancel.clone();
+        let engine_stats = engine.stats().clone();
         Box::pin(async move {
             // A stop while a pass holds the lock: this work never starts.
             let lock = tokio::select! {
@@ -380,11 +408,52 @@ fn work_fn(
             })
             .await;
             match joined {
-                Ok(report) => outcome_of(&report),
+                Ok(report) => {
+                    record_counts(engine_stats.as_ref(), &report);
+                    engine_stats.metrics.event_work();
+                    outcome_of(&report)
+                }
                 Err(_) => Outcome::Failed,
             }
         })
     }
+}
+
+/// Counts what a pass or a piece of event work changed.
+fn record_counts(stats: &Stats, report: &PassReport) {
+    let c = &report.counts;
+    for (action, n) in [
+        ("create", c.create),
+        ("copy", c.copy),
+        ("update", c.update),
+        ("attrs", c.attrs),
+        ("rename", c.rename),
+        ("remove", c.remove),
+    ] {
+        stats.metrics.actions(action, n);
+    }
+    stats.metrics.bytes(c.bytes);
+}
+
+/// What a full pass tells the status endpoint: a guard holding, or a complete pass (exact
+/// when it met no error and nothing vanished under it).
+fn record_pass(stats: &Stats, report: &PassReport, mark: u64) {
+    record_counts(stats, report);
+    if let Some(trip) = &report.guard {
+        stats.set_guard(Some(format!("{} holds: {trip}", trip.guard_name())));
+        return;
+    }
+    let c = &report.counts;
+    let summary = PassSummary {
+        ended: crate::stats::unix_time(std::time::SystemTime::now()),
+        duration_seconds: report.duration.as_secs_f64(),
+        scanned: c.scanned,
+        changes: c.changes(),
+        bytes: c.bytes,
+        errors: c.errors,
+        vanished: c.vanished,
+    };
+    stats.pass_ended(mark, summary, c.errors == 0 && c.vanished == 0);
 }
 
 fn outcome_of(report: &PassReport) -> Outcome {
