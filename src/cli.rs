@@ -10,7 +10,13 @@ use clap::{ArgAction, Parser, ValueEnum};
 /// Keeps REPLICA an exact one-way copy of SOURCE: a full reconciliation pass every
 /// interval, plus filesystem events so changes show up within a fraction of a second.
 #[derive(Debug, Parser)]
-#[command(name = "replicad", version, about, max_term_width = 100)]
+#[command(
+    name = "replicad",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = "Also: `replicad completions bash|zsh|fish` prints shell completions, `replicad man` the man page."
+)]
 pub struct Args {
     /// Directory to mirror; replicad never writes to it.
     #[arg(env = "REPLICAD_SOURCE", value_name = "SOURCE")]

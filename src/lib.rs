@@ -18,6 +18,7 @@
 //! | [`entry`] | what one `statx` says about an entry, and how two entries differ |
 //! | [`config`] | validated configuration built once from [`cli::Args`] |
 //! | [`cli`] | the clap argument struct and DURATION parsing |
+//! | [`extras`] | `replicad completions SHELL` and `replicad man`, from the clap definitions |
 //! | [`logging`] | the tracing subscriber (stderr + optional file, text or JSON) |
 //! | [`logfmt`] | the text log's fields, quoted so that no name can forge one |
 //! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod extras;
 pub mod guard;
 pub mod logfmt;
 pub mod logging;

@@ -7,6 +7,7 @@
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `env`: every option through its `REPLICAD_*` variable; typos warned.
 //! - `exchange`: `renameat2(RENAME_EXCHANGE)` and parent/child churn, followed by events.
+//! - `extras`: shell completions and the man page generate and cover every option.
 //! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
 //! - `logs`: hostile names cannot forge log fields (logfmt and JSON parsed back).
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
@@ -27,6 +28,7 @@ mod boundary;
 mod comparer;
 mod env;
 mod exchange;
+mod extras;
 mod faults;
 mod logs;
 mod once;
