@@ -44,6 +44,8 @@ pub struct Config {
     /// The log file, already opened for appending (so a bad path is refused before
     /// anything is created); `logging` takes it.
     pub log_file: Option<File>,
+    /// Where the log file is, to open it again on SIGHUP (after logrotate moved it).
+    pub log_path: Option<PathBuf>,
     /// Text or JSON lines.
     pub log_format: LogFormat,
     /// -v minus -q.
@@ -109,6 +111,7 @@ impl Config {
             allow_empty_source: args.allow_empty_source,
             jobs,
             log_file,
+            log_path: args.log_file.clone(),
             log_format: args.log_format,
             verbosity: clamp_verbosity(args.verbose, args.quiet),
             excludes,
@@ -131,7 +134,7 @@ fn read_exclude_file(path: &Path) -> Result<Vec<String>, Fatal> {
 
 /// Opens the log file for appending, creating its parent directories. Opened without
 /// blocking: a FIFO nobody reads would otherwise hang the start with no word said.
-fn open_log_file(path: &Path) -> Result<File, Fatal> {
+pub fn open_log_file(path: &Path) -> Result<File, Fatal> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |source| Fatal::LogFile { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

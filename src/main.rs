@@ -32,7 +32,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let log = logging::init(config.log_format, config.verbosity, config.log_file.take());
+    let log = logging::init(
+        config.log_format,
+        config.verbosity,
+        config.log_file.take(),
+        config.log_path.clone(),
+    );
     let status = service::run_main(config);
     // Lines lost in the log file mean the run did not do all it promised.
     let lost = log.report_losses();

@@ -209,7 +209,8 @@ impl PassReport {
     pub fn log_summary(&self, dry_run: bool) {
         let c = &self.counts;
         info!(
-            duration = ?self.duration,
+            target: SUMMARY_TARGET,
+            duration = self.duration.as_secs_f64(),
             scanned = c.scanned,
             create = c.create,
             copy = c.copy,
@@ -306,6 +307,12 @@ pub struct EngineOptions {
     pub allow_empty_source: bool,
 }
 
+/// The pass summary's log target: `-q` still shows it (see `logging`).
+pub const SUMMARY_TARGET: &str = "replicad::summary";
+
+/// How many skipped paths are remembered so each is warned about once.
+const SKIPS_REMEMBERED: usize = 10_000;
+
 /// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
 /// event queue; holds no per-file state (the optional MD5 cache is bounded).
 pub struct Engine {
@@ -328,6 +335,9 @@ pub struct Engine {
     flushing: AtomicBool,
     /// Bind-mount boundaries already warned about (one warning each per run).
     boundaries_warned: Mutex<HashSet<RelPath>>,
+    /// Paths already warned about as skipped (sockets, devices): a socket that stays in
+    /// SOURCE is said once, not on every pass. Bounded by [`SKIPS_REMEMBERED`].
+    skips_warned: Mutex<HashSet<RelPath>>,
     /// (device, inode) of files this process writes (its log): never mirrored or removed.
     own_files: Vec<(u64, u64)>,
     /// REPLICA's root was made by this run (a dry run: would be): the first pass says
@@ -378,6 +388,7 @@ impl Engine {
             progress: AtomicU64::new(0),
             flushing: AtomicBool::new(false),
             boundaries_warned: Mutex::new(HashSet::new()),
+            skips_warned: Mutex::new(HashSet::new()),
             own_files: config.own_files.clone(),
             fresh_replica: AtomicBool::new(config.replica_created),
             stats: Arc::new(Stats::new()),
@@ -412,6 +423,13 @@ impl Engine {
             *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = None;
             counters.add_from(&live);
         })
+    }
+
+    /// True the first time `rel` is skipped (then it is warned about); past
+    /// [`SKIPS_REMEMBERED`] paths, new ones are no longer warned (memory stays bounded).
+    fn first_skip(&self, rel: &RelPath) -> bool {
+        let mut warned = self.skips_warned.lock().unwrap_or_else(|e| e.into_inner());
+        warned.len() < SKIPS_REMEMBERED && warned.insert(rel.clone())
     }
 
     /// What the running full pass has done so far; `None` between passes.
@@ -1186,7 +1204,11 @@ impl Engine {
                 if let Some(dst) = dst {
                     self.make_way(dst_dir, name, rel, dst, counters)?;
                 }
-                warn!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored");
+                if self.first_skip(rel) {
+                    warn!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored (said once per path)");
+                } else {
+                    debug!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored");
+                }
                 Counters::bump(&counters.skipped, 1);
                 Ok(())
             }
@@ -1399,7 +1421,9 @@ impl Engine {
                             if let Some(dst) = dst {
                                 self.make_way(Some(dir), name, rel, dst, counters)?;
                             }
-                            warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD)");
+                            if self.first_skip(rel) {
+                                warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD; said once per path)");
+                            }
                             Counters::bump(&counters.skipped, 1);
                             return Ok(());
                         }

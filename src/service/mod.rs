@@ -4,6 +4,7 @@
 //! wait here also hears the one cancellation token, and a stop waits for in-flight work
 //! only a bounded time.
 
+mod progress;
 mod signals;
 mod systemd;
 mod watcher;
@@ -25,6 +26,7 @@ use crate::queue::{self, Outcome, Work};
 use crate::reconcile::{Engine, PassReport};
 use crate::relpath::Escaped;
 use crate::stats::{PassSummary, Stats};
+use progress::Progress;
 use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
 use watcher::Watcher;
 
@@ -82,12 +84,21 @@ async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> 
             return 1;
         }
     };
+    let worker = engine.clone();
     let pass = tokio::task::spawn_blocking(move || {
         let _span = dry_run.then(|| tracing::info_span!("dry_run").entered());
-        let report = engine.full_pass();
+        let report = worker.full_pass();
         log_pass(&report, dry_run);
         report
     });
+    let progress = async {
+        let mut progress = Progress::begin(true);
+        let mut ticks = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            ticks.tick().await;
+            progress.update(&engine);
+        }
+    };
     let stopped_late = async {
         cancel.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -100,6 +111,8 @@ async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> 
                 1
             }
         },
+        // The progress loop never ends; the line is cleared when it is dropped here.
+        () = progress => 1,
         () = stopped_late => {
             warn!("the pass did not stop within {SHUTDOWN_GRACE:?} (a blocking call such as a flush); leaving it behind");
             20
@@ -115,7 +128,7 @@ fn log_pass(report: &PassReport, dry_run: bool) {
     if report.cancelled {
         let c = &report.counts;
         info!(
-            duration = ?report.duration,
+            duration = report.duration.as_secs_f64(),
             changes = c.changes(),
             errors = c.errors,
             "pass interrupted by shutdown: REPLICA holds no partial file, but is not complete"
@@ -239,8 +252,8 @@ async fn pass_loop(
         let overran = report.duration > config.interval;
         if overran && !overrunning {
             warn!(
-                duration = ?report.duration,
-                interval = ?config.interval,
+                duration = report.duration.as_secs_f64(),
+                interval = config.interval.as_secs_f64(),
                 "the pass took longer than the interval; the next ones start right away (said once until a pass fits again)"
             );
         }
@@ -256,7 +269,7 @@ async fn pass_loop(
             Wake::Requested if previous_wake == Wake::Requested && report.counts.changes() == 0 => {
                 backoff = next_backoff(backoff, config.interval);
                 info!(
-                    delay = ?backoff,
+                    delay = backoff.as_secs_f64(),
                     "full pass requested again right after one that found nothing: on a tree \
                      this large the pass's own directory reads can overflow inotify's event \
                      queue (fs.inotify.max_queued_events); waiting before the next one"
@@ -312,13 +325,17 @@ async fn full_pass_guarded(
     let grace = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(grace);
     let mut stopping = false;
+    let mut progress = Progress::begin(!engine.stats().first_pass_done());
     loop {
         tokio::select! {
             joined = &mut pass => return match joined {
                 Ok(report) => PassRun::Done(report),
                 Err(_) => PassRun::Panicked,
             },
-            _ = watchdog.tick() => watchdog.feed_if_moving(engine),
+            _ = watchdog.tick() => {
+                watchdog.feed_if_moving(engine);
+                progress.update(engine);
+            }
             () = cancel.cancelled(), if !stopping => {
                 stopping = true;
                 grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
