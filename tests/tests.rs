@@ -12,6 +12,7 @@
 //! - `logs`: hostile names cannot forge log fields (logfmt and JSON parsed back).
 //! - `once`: one-shot runs of the binary against SPEC.md §1–§3.
 //! - `promises`: README promises no other module covered (fsync, verify, jobs, guard, systemd, logging).
+//! - `production`: SIGHUP reopens the log; as PID 1 in namespaces by env alone; deploy/ YAML.
 //! - `prop`: random operation sequences on SOURCE, a pass (or the running service's events),
 //!   then the oracle.
 //! - `removals`: the event path must remove every name that left SOURCE, whatever the
@@ -32,6 +33,7 @@ mod extras;
 mod faults;
 mod logs;
 mod once;
+mod production;
 mod promises;
 mod prop;
 mod removals;
