@@ -5,6 +5,7 @@
 //! only a bounded time.
 
 mod progress;
+mod report;
 mod signals;
 mod systemd;
 mod watcher;
@@ -25,8 +26,8 @@ use crate::error::GuardTrip;
 use crate::queue::{self, Outcome, Work};
 use crate::reconcile::{Engine, PassReport};
 use crate::relpath::Escaped;
-use crate::stats::{PassSummary, Stats};
 use progress::Progress;
+use report::{record_counts, record_pass};
 use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
 use watcher::Watcher;
 
@@ -434,43 +435,6 @@ fn work_fn(
             }
         })
     }
-}
-
-/// Counts what a pass or a piece of event work changed.
-fn record_counts(stats: &Stats, report: &PassReport) {
-    let c = &report.counts;
-    for (action, n) in [
-        ("create", c.create),
-        ("copy", c.copy),
-        ("update", c.update),
-        ("attrs", c.attrs),
-        ("rename", c.rename),
-        ("remove", c.remove),
-    ] {
-        stats.metrics.actions(action, n);
-    }
-    stats.metrics.bytes(c.bytes);
-}
-
-/// What a full pass tells the status endpoint: a guard holding, or a complete pass (exact
-/// when it met no error and nothing vanished under it).
-fn record_pass(stats: &Stats, report: &PassReport, mark: u64) {
-    record_counts(stats, report);
-    if let Some(trip) = &report.guard {
-        stats.set_guard(Some(format!("{} holds: {trip}", trip.guard_name())));
-        return;
-    }
-    let c = &report.counts;
-    let summary = PassSummary {
-        ended: crate::stats::unix_time(std::time::SystemTime::now()),
-        duration_seconds: report.duration.as_secs_f64(),
-        scanned: c.scanned,
-        changes: c.changes(),
-        bytes: c.bytes,
-        errors: c.errors,
-        vanished: c.vanished,
-    };
-    stats.pass_ended(mark, summary, c.errors == 0 && c.vanished == 0);
 }
 
 fn outcome_of(report: &PassReport) -> Outcome {
