@@ -458,6 +458,11 @@ fn log_start(config: &Config) {
     for warning in &config.env_warnings {
         warn!("{warning}");
     }
+    if config.once && config.status_addr.is_some() {
+        warn!(
+            "--status-addr is for the service: a one-shot run (--once, --dry-run) serves nothing"
+        );
+    }
     if !config.chown {
         warn!("owners are not mirrored: this process may not chown (needs root or CAP_CHOWN)");
     }

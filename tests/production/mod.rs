@@ -49,9 +49,8 @@ const STOP_WITHIN: Duration = Duration::from_secs(5);
 fn as_pid_1_in_a_container_configured_by_environment_only() {
     let probe = Command::new("unshare").args(["--pid", "--fork", "--mount-proc", "true"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        println!(
-            "SKIP as_pid_1_in_a_container_configured_by_environment_only: unshare --pid unavailable"
-        );
+        let test = "as_pid_1_in_a_container_configured_by_environment_only";
+        crate::support::skip(test, "unshare --pid unavailable");
         return;
     }
     let t = Tree::new();
@@ -118,12 +117,12 @@ fn the_deploy_yaml_files_parse() {
     let check = "import sys, yaml\nfor f in sys.argv[1:]:\n    docs = [d for d in yaml.safe_load_all(open(f)) if d]\n    assert docs, f + ' is empty'\n    print(f, len(docs))\n";
     let out = Command::new("python3").arg("-c").arg(check).args(&files).output();
     let Ok(out) = out else {
-        println!("SKIP the_deploy_yaml_files_parse: no python3");
+        crate::support::skip("the_deploy_yaml_files_parse", "no python3");
         return;
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("No module named 'yaml'") {
-        println!("SKIP the_deploy_yaml_files_parse: python3-yaml is not installed");
+        crate::support::skip("the_deploy_yaml_files_parse", "python3-yaml is not installed");
         return;
     }
     assert!(out.status.success(), "{stderr}");
@@ -174,7 +173,10 @@ fn progress_line_on_a_terminal_only() {
     let have =
         |p: &str| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success());
     if !have("script") || !have("strace") {
-        println!("SKIP progress_line_on_a_terminal_only: needs script (util-linux) and strace");
+        crate::support::skip(
+            "progress_line_on_a_terminal_only",
+            "needs script (util-linux) and strace",
+        );
         return;
     }
     let t = Tree::new();

@@ -169,7 +169,7 @@ fn a_port_in_use_is_refused_at_start() {
 #[test]
 fn first_pass_running_lag_and_in_sync_time() {
     if Command::new("strace").arg("-V").output().is_err() {
-        println!("SKIP first_pass_running_lag_and_in_sync_time: strace is not installed");
+        crate::support::skip("first_pass_running_lag_and_in_sync_time", "strace is not installed");
         return;
     }
     let t = Tree::new();

@@ -30,7 +30,7 @@ fn headless(browser: &str, extra: &[&str], url: &str) -> std::process::Output {
 #[test]
 fn the_page_renders_the_numbers_in_chromium() {
     let Some(browser) = chromium() else {
-        println!("SKIP the_page_renders_the_numbers_in_chromium: no chromium installed");
+        crate::support::skip("the_page_renders_the_numbers_in_chromium", "no chromium installed");
         return;
     };
     let t = Tree::new();
