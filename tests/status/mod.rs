@@ -161,7 +161,7 @@ fn a_port_in_use_is_refused_at_start() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("--status-addr"));
 }
 
-/// The first pass's end (its syncfs) is held 3 s by strace: meanwhile the service is
+/// The first pass's end (its syncfs) is held 6 s by strace: meanwhile the service is
 /// alive but not ready, and a change made then waits in the queue (event work waits for
 /// the pass), so the lag rises; once the pass ends the change is applied and the lag falls
 /// to zero. That pass saw a change arrive, so it does not make REPLICA "in sync"; the next
@@ -176,11 +176,15 @@ fn first_pass_running_lag_and_in_sync_time() {
     t.file("a", "x");
     let sock = socket(&t);
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=syncfs"])
-        .args(["-e", "inject=syncfs:delay_enter=3000000:when=1", "--"])
+    // --seccomp-bpf: only syncfs stops the tracee, so the rest (the watcher's thread
+    // above all) runs at full speed on a loaded machine.
+    cmd.args(["-f", "--seccomp-bpf", "-qq", "-o", "/dev/null", "-e", "trace=syncfs"])
+        .args(["-e", "inject=syncfs:delay_enter=6000000:when=1", "--"])
         .arg(bin())
         .arg(format!("--status-addr=unix:{}", sock.display()))
-        .args(["--interval", "4s"])
+        // The next pass comes at 8 s, 2 s after the held one ends: time to look at the
+        // state between the two.
+        .args(["--interval", "8s"])
         .arg(t.src())
         .arg(t.dst());
     let svc = t.spawn_command(cmd);
@@ -199,11 +203,15 @@ fn first_pass_running_lag_and_in_sync_time() {
         serde_json::from_str(&get(&sock, "/status").unwrap().body).unwrap();
     assert_eq!(status["first_pass_done"], false, "{status}");
 
+    // Once the pass has copied `a`, all it has left is its held flush: `b` is for the
+    // event queue, whose work waits for the pass.
+    assert!(svc.wait_log(CONVERGE, "path=a"), "{}", svc.log());
     t.file("b", "during the pass");
     let lagging = wait_until(CONVERGE, || {
         metric(&sock, "replicad_replication_lag_seconds").is_some_and(|l| l > 0.0)
     });
     assert!(lagging, "no lag while a change waited; log:\n{}", svc.log());
+    assert!(!t.replica().exists("b"), "not held: b was copied while lag showed");
     assert!(
         wait_until(CONVERGE, || get(&sock, "/readyz").is_some_and(|a| a.code == 200)),
         "never ready; log:\n{}",
@@ -219,7 +227,7 @@ fn first_pass_running_lag_and_in_sync_time() {
     assert_eq!(metric(&sock, "replicad_in_sync"), Some(0.0));
     assert_eq!(metric(&sock, "replicad_last_in_sync_timestamp_seconds"), Some(0.0));
 
-    // The next pass (4 s interval) changes nothing while nothing changes: in sync.
+    // The next pass (at 8 s) changes nothing while nothing changes: in sync.
     assert!(
         wait_until(Duration::from_secs(20), || metric(&sock, "replicad_in_sync") == Some(1.0)),
         "never in sync; log:\n{}",
