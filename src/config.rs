@@ -44,6 +44,8 @@ pub struct Config {
     /// The log file, already opened for appending (so a bad path is refused before
     /// anything is created); `logging` takes it.
     pub log_file: Option<File>,
+    /// Where the log file is, to open it again on SIGHUP (after logrotate moved it).
+    pub log_path: Option<PathBuf>,
     /// Text or JSON lines.
     pub log_format: LogFormat,
     /// -v minus -q.
@@ -63,6 +65,10 @@ pub struct Config {
     pub xattrs: bool,
     /// Other filesystems mounted inside SOURCE are not descended into.
     pub one_file_system: bool,
+    /// Where the status endpoint listens, if anywhere.
+    pub status_addr: Option<crate::cli::StatusAddr>,
+    /// One line per `REPLICAD_*` variable that is set but not read (logged at start).
+    pub env_warnings: Vec<String>,
 }
 
 impl Config {
@@ -71,7 +77,15 @@ impl Config {
     pub fn from_args(args: Args) -> Result<Config, Fatal> {
         let source = check_source(&args.source)?;
         let replica = check_replica(&args.replica, &source, &args.source)?;
-        let excludes = Excludes::new(&source, &args.exclude)?;
+        let mut patterns = args.exclude.clone();
+        if let Some(file) = &args.exclude_from {
+            patterns.extend(read_exclude_file(file)?);
+        }
+        // REPLICAD_EXCLUDE splits on newlines; a file written on Windows leaves a '\r'.
+        patterns.retain(|p| !p.trim().is_empty());
+        let patterns: Vec<String> =
+            patterns.into_iter().map(|p| p.trim_end_matches('\r').to_owned()).collect();
+        let excludes = Excludes::new(&source, &patterns)?;
         if let Some(log) = &args.log_file {
             check_log_file(log, &source, &replica)?;
         }
@@ -103,6 +117,7 @@ impl Config {
             allow_empty_source: args.allow_empty_source,
             jobs,
             log_file,
+            log_path: args.log_file.clone(),
             log_format: args.log_format,
             verbosity: clamp_verbosity(args.verbose, args.quiet),
             excludes,
@@ -112,13 +127,23 @@ impl Config {
             hard_links: !args.no_hard_links,
             xattrs: !args.no_xattrs,
             one_file_system: args.one_file_system,
+            status_addr: args.status_addr,
+            env_warnings: crate::cli::unknown_env_warnings(std::env::vars_os().map(|(k, _)| k)),
         })
     }
 }
 
+/// The patterns of an `--exclude-from` file: one per line; blank lines and `#` comments
+/// are left to the gitignore parser, which skips them.
+fn read_exclude_file(path: &Path) -> Result<Vec<String>, Fatal> {
+    let text = fs::read_to_string(path)
+        .map_err(|source| Fatal::ExcludeFrom { path: path.to_path_buf(), source })?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
 /// Opens the log file for appending, creating its parent directories. Opened without
 /// blocking: a FIFO nobody reads would otherwise hang the start with no word said.
-fn open_log_file(path: &Path) -> Result<File, Fatal> {
+pub fn open_log_file(path: &Path) -> Result<File, Fatal> {
     use std::os::unix::fs::OpenOptionsExt;
     let fail = |source| Fatal::LogFile { path: path.to_path_buf(), source };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -208,6 +208,14 @@ pub enum Fatal {
         /// The parser's complaint.
         reason: String,
     },
+    /// The `--exclude-from` file cannot be read.
+    #[error("exclude file {}: cannot read it", Escaped::path(.path))]
+    ExcludeFrom {
+        /// The path as given.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
     /// The filesystem worker threads cannot be started (a thread or process limit).
     #[error(
         "cannot start {jobs} filesystem worker threads ({reason}); lower --jobs or raise the limit"

@@ -10,12 +10,15 @@
 //! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s; raw events noted so no merged-away name is lost |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
 //! | [`reconcile`] | the engine: `decide` (pure) then `apply`, as tasks on one pool of `--jobs` threads |
+//! | [`status`] | the HTTP status endpoint: probes, Prometheus metrics, JSON and a page |
+//! | [`stats`] | what the service knows of itself (counters, lag, in-sync time, last errors), for the status endpoint |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
 //! | [`ops`] | primitive replica operations, each safe alone; never resolve a swappable name |
 //! | [`checksum`] | MD5 of a file and a bounded cache keyed by inode and timestamps |
 //! | [`entry`] | what one `statx` says about an entry, and how two entries differ |
 //! | [`config`] | validated configuration built once from [`cli::Args`] |
 //! | [`cli`] | the clap argument struct and DURATION parsing |
+//! | [`extras`] | `replicad completions SHELL` and `replicad man`, from the clap definitions |
 //! | [`logging`] | the tracing subscriber (stderr + optional file, text or JSON) |
 //! | [`logfmt`] | the text log's fields, quoted so that no name can forge one |
 //! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
@@ -28,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod extras;
 pub mod guard;
 pub mod logfmt;
 pub mod logging;
@@ -36,4 +40,6 @@ pub mod queue;
 pub mod reconcile;
 pub mod relpath;
 pub mod service;
+pub mod stats;
+pub mod status;
 pub mod watch;

@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -106,8 +107,44 @@ const CONSOLE_LINES: usize = 8_192;
 /// fails for it).
 const FILE_LINES: usize = 65_536;
 
-/// Installs the global subscriber (the log file was opened by `config`).
-pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuard {
+/// The log file and where it is, for [`reopen`] (SIGHUP, after logrotate moved it).
+static LOG_FILE: OnceLock<(PathBuf, Arc<Mutex<File>>)> = OnceLock::new();
+
+/// Opens the log file again at its path and writes there from now on: logrotate renames
+/// the file, then sends SIGHUP. Blocking (an open); call it off the async workers. `Ok(false)`
+/// when there is no log file.
+pub fn reopen() -> Result<bool, String> {
+    let Some((path, shared)) = LOG_FILE.get() else { return Ok(false) };
+    let fresh = crate::config::open_log_file(path).map_err(|e| {
+        let reason = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default();
+        format!("{e}: {reason}")
+    })?;
+    *shared.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+    Ok(true)
+}
+
+/// The log file, shared with [`reopen`], which swaps it; a write holds the lock only for
+/// itself (uncontended but for a SIGHUP).
+struct SharedFile(Arc<Mutex<File>>);
+
+impl Write for SharedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// Installs the global subscriber (the log file was opened by `config`; `log_path` is
+/// where it is, for [`reopen`]).
+pub fn init(
+    format: LogFormat,
+    verbosity: i8,
+    log_file: Option<File>,
+    log_path: Option<PathBuf>,
+) -> LogGuard {
     let ansi = std::io::stderr().is_terminal();
     // The channel's slots are allocated up front (32 B a line): the lossy console needs
     // only enough for a burst, the lossless file enough to ride out a slow disk.
@@ -115,14 +152,18 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuar
         .lossy(true)
         .buffered_lines_limit(CONSOLE_LINES)
         .thread_name("replicad-stderr")
-        .finish(std::io::stderr());
+        .finish(Console { bar: progress_bar_for(format, ansi) });
     let console_dropped = console.error_counter();
     let mut layers: Vec<BoxedLayer> = vec![layer(format, console, ansi)];
     let file_failure = Arc::new(OnceLock::new());
     let mut file_guard = None;
     let mut file_dropped = None;
     if let Some(file) = log_file {
-        let watched = Watched { inner: file, failure: file_failure.clone() };
+        let shared = Arc::new(Mutex::new(file));
+        if let Some(path) = log_path {
+            let _ = LOG_FILE.set((path, shared.clone()));
+        }
+        let watched = Watched { inner: SharedFile(shared), failure: file_failure.clone() };
         // Lossy too: a log file that stops taking lines (a frozen filesystem, a FIFO whose
         // reader hangs) must not stop the mirror, nor a stop. Every line lost is counted
         // and fails the run, so the record is complete or says it is not.
@@ -142,6 +183,47 @@ pub fn init(format: LogFormat, verbosity: i8, log_file: Option<File>) -> LogGuar
         *WRITERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(writers);
     }
     LogGuard { console_dropped, file_failure, file_dropped }
+}
+
+/// The progress line, when stderr is a terminal and the log is text: never on journald,
+/// files, pipes or JSON, where it would be noise in the record.
+static PROGRESS: OnceLock<indicatif::ProgressBar> = OnceLock::new();
+
+/// The progress line, if this process shows one (see [`PROGRESS`]).
+pub fn progress_bar() -> Option<&'static indicatif::ProgressBar> {
+    PROGRESS.get()
+}
+
+fn progress_bar_for(format: LogFormat, terminal: bool) -> Option<&'static indicatif::ProgressBar> {
+    if !terminal || format != LogFormat::Text {
+        return None;
+    }
+    let target = indicatif::ProgressDrawTarget::stderr_with_hz(4);
+    let bar = indicatif::ProgressBar::with_draw_target(None, target);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    Some(PROGRESS.get_or_init(|| bar))
+}
+
+/// stderr, with the progress line (if any) lifted out of the way of each log line, so
+/// the lines print above it and it is redrawn below them. Runs on the writer thread.
+struct Console {
+    bar: Option<&'static indicatif::ProgressBar>,
+}
+
+impl Write for Console {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.bar {
+            Some(bar) => bar.suspend(|| io::stderr().write(buf)),
+            None => io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
 }
 
 /// A writer that remembers its first error (the appender's thread ignores them).
@@ -183,9 +265,20 @@ fn filter(verbosity: i8) -> EnvFilter {
         1 => "debug",
         _ => "trace",
     };
-    // Dependencies stay at info so -v shows replicad's own decisions, not notify's.
-    let directive =
-        if verbosity > 0 { format!("info,replicad={level}") } else { level.to_string() };
+    // Dependencies stay at info so -v shows replicad's own decisions, not notify's. -q
+    // keeps each pass's summary line: the one sign of life a quiet service gives.
+    let directive = match verbosity {
+        1.. => format!("info,replicad={level}"),
+        -1 => format!("{level},{}=info", crate::reconcile::SUMMARY_TARGET),
+        _ => level.to_string(),
+    };
+    // notify says "unable to remove watch descriptor" at info for every directory of an
+    // `rm -r` (the kernel dropped the watch already): noise, never a problem. Its warnings
+    // stay.
+    let directive = match verbosity {
+        -1.. => format!("{directive},notify::inotify=warn"),
+        _ => directive,
+    };
     EnvFilter::new(directive)
 }
 

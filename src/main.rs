@@ -7,10 +7,23 @@ use std::process::ExitCode;
 use clap::Parser;
 use replicad::cli::Args;
 use replicad::config::Config;
-use replicad::{logging, service};
+use replicad::{extras, logging, service};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(extra) = extras::recognise(&argv) {
+        let written = extra.map_err(|usage| usage.to_string()).and_then(|extra| {
+            extras::write(extra, &mut std::io::stdout().lock()).map_err(|e| e.to_string())
+        });
+        return match written {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("replicad: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let args = Args::parse_from(argv);
     // Refusals are printed before logging starts: one clear line, nothing touched.
     let mut config = match Config::from_args(args) {
         Ok(c) => c,
@@ -19,7 +32,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let log = logging::init(config.log_format, config.verbosity, config.log_file.take());
+    let log = logging::init(
+        config.log_format,
+        config.verbosity,
+        config.log_file.take(),
+        config.log_path.clone(),
+    );
     let status = service::run_main(config);
     // Lines lost in the log file mean the run did not do all it promised.
     let lost = log.report_losses();

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::relpath::RelPath;
+use crate::stats::Stats;
 
 /// What the watcher tells the queue. The consumer owns this vocabulary.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +175,8 @@ pub struct PendingSet {
     paths: BTreeMap<RelPath, u64>,
     renames: HashMap<(RelPath, RelPath), u64>,
     /// Few entries (at most the number of workers): scanned linearly.
-    in_flight: Vec<(Work, u32)>,
+    /// With each: its retries so far, and when it became due (for the lag).
+    in_flight: Vec<(Work, u32, Instant)>,
     full_pass: bool,
     next_seq: u64,
     retry: RetryPolicy,
@@ -260,18 +262,18 @@ impl PendingSet {
             .map(|&(_, seq)| seq)
             .find(|seq| self.items.get(seq).is_some_and(|item| !self.is_blocked(&item.work)))?;
         let item = self.remove(seq)?;
-        self.in_flight.push((item.work.clone(), item.retries));
+        self.in_flight.push((item.work.clone(), item.retries, item.due));
         Some(item.work)
     }
 
     /// Releases `work` (as returned by `pop_ready`) and, on a transient failure, schedules
     /// a retry or gives up.
     pub fn finish(&mut self, work: &Work, outcome: Outcome, now: Instant) -> Finished {
-        let Some(index) = self.in_flight.iter().position(|(w, _)| w == work) else {
+        let Some(index) = self.in_flight.iter().position(|(w, _, _)| w == work) else {
             debug_assert!(false, "finish for work not in flight: {work}");
             return Finished::Done;
         };
-        let (work, retries) = self.in_flight.swap_remove(index);
+        let (work, retries, _) = self.in_flight.swap_remove(index);
         match outcome {
             Outcome::Success | Outcome::Failed => Finished::Done,
             Outcome::Transient if retries >= self.retry.max_retries => Finished::GaveUp { retries },
@@ -308,6 +310,13 @@ impl PendingSet {
     /// Works currently in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// When the oldest work not yet done (pending or in flight) became due: for a fresh
+    /// change, when the watcher reported it. A retry counts from its own due time. O(jobs).
+    pub fn oldest(&self) -> Option<Instant> {
+        let pending = self.order.first().map(|&(due, _)| due);
+        self.in_flight.iter().map(|&(_, _, due)| due).chain(pending).min()
     }
 
     fn add_path(&mut self, path: RelPath, recursive: bool, due: Instant, retries: u32) {
@@ -411,7 +420,7 @@ impl PendingSet {
     }
 
     fn is_blocked(&self, work: &Work) -> bool {
-        if self.in_flight.iter().any(|(w, _)| w.overlaps(work)) {
+        if self.in_flight.iter().any(|(w, _, _)| w.overlaps(work)) {
             return true;
         }
         match work {
@@ -445,6 +454,7 @@ pub async fn run_queue<F, Fut>(
     jobs: usize,
     full_pass: Arc<Notify>,
     work: F,
+    stats: Arc<Stats>,
     cancel: CancellationToken,
 ) where
     F: Fn(Work) -> Fut + Clone + Send + 'static,
@@ -459,6 +469,8 @@ pub async fn run_queue<F, Fut>(
     let mut hints_open = true;
     loop {
         shell.start_ready(&work);
+        let depth = shell.set.len() + shell.set.in_flight();
+        stats.set_queue(depth, shell.set.oldest().map(Instant::into_std));
         let wake = shell.set.next_due(Instant::now());
         tokio::select! {
             biased;
@@ -466,9 +478,11 @@ pub async fn run_queue<F, Fut>(
             Some(joined) = shell.running.join_next_with_id() => shell.finished(joined),
             hint = hints.recv(), if hints_open => match hint {
                 Some(hint) => {
+                    stats.change_seen();
                     shell.set.push(hint, Instant::now());
                     for _ in 1..HINT_BATCH {
                         let Ok(hint) = hints.try_recv() else { break };
+                        stats.change_seen();
                         shell.set.push(hint, Instant::now());
                     }
                     let folded = shell.set.folded();
@@ -1009,8 +1023,14 @@ mod tests {
         }
         let full_pass = Arc::new(Notify::new());
         let cancel = CancellationToken::new();
-        let task =
-            tokio::spawn(run_queue(rx, jobs, full_pass.clone(), fake.worker(), cancel.clone()));
+        let task = tokio::spawn(run_queue(
+            rx,
+            jobs,
+            full_pass.clone(),
+            fake.worker(),
+            Arc::new(crate::stats::Stats::new()),
+            cancel.clone(),
+        ));
         Running { hints: tx, full_pass, cancel, task }
     }
 

@@ -28,6 +28,7 @@ use crate::ops::{
     Xattrs,
 };
 use crate::relpath::RelPath;
+use crate::stats::Stats;
 
 mod horizon;
 mod links;
@@ -231,7 +232,8 @@ impl PassReport {
     pub fn log_summary(&self, dry_run: bool) {
         let c = &self.counts;
         info!(
-            duration = ?self.duration,
+            target: SUMMARY_TARGET,
+            duration = self.duration.as_secs_f64(),
             scanned = c.scanned,
             create = c.create,
             copy = c.copy,
@@ -316,6 +318,9 @@ impl Counters {
         if other.transient.load(Ordering::Relaxed) {
             self.transient.store(true, Ordering::Relaxed);
         }
+        if other.links_unresolved.load(Ordering::Relaxed) {
+            self.links_unresolved.store(true, Ordering::Relaxed);
+        }
     }
 
     /// True if anything went wrong (an error, a vanished entry, a copy to retry).
@@ -348,6 +353,12 @@ pub struct EngineOptions {
     pub one_file_system: bool,
 }
 
+/// The pass summary's log target: `-q` still shows it (see `logging`).
+pub const SUMMARY_TARGET: &str = "replicad::summary";
+
+/// How many skipped paths are remembered so each is warned about once.
+const SKIPS_REMEMBERED: usize = 10_000;
+
 /// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
 /// event queue; holds no per-file state (the optional MD5 cache is bounded).
 pub struct Engine {
@@ -376,11 +387,18 @@ pub struct Engine {
     flushing: AtomicBool,
     /// Bind-mount boundaries already warned about (one warning each per run).
     boundaries_warned: Mutex<HashSet<RelPath>>,
+    /// Paths already warned about as skipped (sockets, devices): a socket that stays in
+    /// SOURCE is said once, not on every pass. Bounded by [`SKIPS_REMEMBERED`].
+    skips_warned: Mutex<HashSet<RelPath>>,
     /// (device, inode) of files this process writes (its log): never mirrored or removed.
     own_files: Vec<(u64, u64)>,
     /// REPLICA's root was made by this run (a dry run: would be): the first pass says
     /// `create` for it, not `attrs`.
     fresh_replica: AtomicBool,
+    /// Where entry errors are counted and the last ones kept (the status endpoint).
+    stats: Arc<Stats>,
+    /// The running full pass's counters, for progress shown while it runs.
+    current_pass: Mutex<Option<Arc<Counters>>>,
 }
 
 impl Engine {
@@ -429,8 +447,11 @@ impl Engine {
             progress: AtomicU64::new(0),
             flushing: AtomicBool::new(false),
             boundaries_warned: Mutex::new(HashSet::new()),
+            skips_warned: Mutex::new(HashSet::new()),
             own_files: config.own_files.clone(),
             fresh_replica: AtomicBool::new(config.replica_created),
+            stats: Arc::new(Stats::new()),
+            current_pass: Mutex::new(None),
         })
     }
 
@@ -455,7 +476,13 @@ impl Engine {
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
         let start = Horizon::pass_start();
-        let report = self.run(|roots, counters| self.reconcile_root(roots, counters));
+        let report = self.run(|roots, counters| {
+            let live = Arc::new(Counters::default());
+            *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
+            self.reconcile_root(roots, &live);
+            *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            counters.absorb(&live);
+        });
         let clean = report.guard.is_none()
             && !report.cancelled
             && !report.transient
@@ -465,6 +492,24 @@ impl Engine {
             self.horizon.passed_clean(start);
         }
         report
+    }
+
+    /// True the first time `rel` is skipped (then it is warned about); past
+    /// [`SKIPS_REMEMBERED`] paths, new ones are no longer warned (memory stays bounded).
+    fn first_skip(&self, rel: &RelPath) -> bool {
+        let mut warned = self.skips_warned.lock().unwrap_or_else(|e| e.into_inner());
+        warned.len() < SKIPS_REMEMBERED && warned.insert(rel.clone())
+    }
+
+    /// What the running full pass has done so far; `None` between passes.
+    pub fn pass_progress(&self) -> Option<Counts> {
+        let current = self.current_pass.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        current.map(|c| c.snapshot())
+    }
+
+    /// The service's statistics, which this engine's entry errors feed.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
@@ -1418,7 +1463,11 @@ impl Engine {
                 if let Some(dst) = dst {
                     self.make_way(dst_dir, name, rel, dst, counters)?;
                 }
-                warn!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored");
+                if self.first_skip(rel) {
+                    warn!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored (said once per path)");
+                } else {
+                    debug!(path = %rel, kind = %src.kind.name(), "skipped: sockets are not mirrored");
+                }
                 Counters::bump(&counters.skipped, 1);
                 Ok(())
             }
@@ -1646,7 +1695,9 @@ impl Engine {
                             if let Some(dst) = dst {
                                 self.make_way(Some(dir), name, rel, dst, counters)?;
                             }
-                            warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD)");
+                            if self.first_skip(rel) {
+                                warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD; said once per path)");
+                            }
                             Counters::bump(&counters.skipped, 1);
                             return Ok(());
                         }
@@ -1779,6 +1830,7 @@ impl Engine {
             return Counters::bump(&counters.vanished, 1);
         }
         error!(op = %e.op, path = %e.path, error = %e.kind, "cannot mirror entry");
+        self.stats.entry_error(e.op, &e.path, &e.kind);
         Counters::bump(&counters.errors, 1);
     }
 }

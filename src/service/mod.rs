@@ -4,6 +4,8 @@
 //! wait here also hears the one cancellation token, and a stop waits for in-flight work
 //! only a bounded time.
 
+mod progress;
+mod report;
 mod signals;
 mod systemd;
 mod watcher;
@@ -24,6 +26,8 @@ use crate::error::GuardTrip;
 use crate::queue::{self, Outcome, Work};
 use crate::reconcile::{Engine, PassReport};
 use crate::relpath::Escaped;
+use progress::Progress;
+use report::{record_counts, record_pass};
 use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
 use watcher::Watcher;
 
@@ -81,12 +85,21 @@ async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> 
             return 1;
         }
     };
+    let worker = engine.clone();
     let pass = tokio::task::spawn_blocking(move || {
         let _span = dry_run.then(|| tracing::info_span!("dry_run").entered());
-        let report = engine.full_pass();
+        let report = worker.full_pass();
         log_pass(&report, dry_run);
         report
     });
+    let progress = async {
+        let mut progress = Progress::begin(true);
+        let mut ticks = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            ticks.tick().await;
+            progress.update(&engine);
+        }
+    };
     let stopped_late = async {
         cancel.cancelled().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -99,6 +112,8 @@ async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> 
                 1
             }
         },
+        // The progress loop never ends; the line is cleared when it is dropped here.
+        () = progress => 1,
         () = stopped_late => {
             warn!("the pass did not stop within {SHUTDOWN_GRACE:?} (a blocking call such as a flush); leaving it behind");
             20
@@ -114,7 +129,7 @@ fn log_pass(report: &PassReport, dry_run: bool) {
     if report.cancelled {
         let c = &report.counts;
         info!(
-            duration = ?report.duration,
+            duration = report.duration.as_secs_f64(),
             changes = c.changes(),
             errors = c.errors,
             "pass interrupted by shutdown: REPLICA holds no partial file, but is not complete"
@@ -134,6 +149,25 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
         }
     };
     let tracker = TaskTracker::new();
+    let stats = engine.stats().clone();
+    if let Some(addr) = &config.status_addr {
+        let listener = match crate::status::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot listen on --status-addr {addr:?}: {e}");
+                signals.abort();
+                return 1;
+            }
+        };
+        info!(addr = %listener.describe(), "status endpoint listening");
+        let state = Arc::new(crate::status::StatusState {
+            stats: stats.clone(),
+            engine: engine.clone(),
+            source: Escaped::path(&config.source).to_string(),
+            replica: Escaped::path(&config.replica).to_string(),
+        });
+        tracker.spawn(crate::status::serve(listener, state, cancel.clone()));
+    }
     let full_pass = Arc::new(Notify::new());
     // Full passes take the write side; event work the read side: the same path is never
     // worked on by a pass and a queue worker at once.
@@ -150,11 +184,13 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
             config.jobs,
             full_pass.clone(),
             work,
+            stats.clone(),
             cancel.clone(),
         ));
         status = pass_loop(&config, &engine, &exclusive, &full_pass, &mut watcher, &cancel).await;
     }
 
+    stats.stopping();
     info!("stopping: waiting for in-flight work");
     notify(&[NotifyState::Stopping]);
     cancel.cancel();
@@ -181,12 +217,14 @@ async fn pass_loop(
     let mut ticks = tokio::time::interval(config.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate: the first pass starts now
-    let mut watchdog = Watchdog::new();
+    let stats = engine.stats().clone();
+    let mut watchdog = Watchdog::new(stats.clone());
     let mut first = true;
     let mut overrunning = false;
     let mut previous_wake = Wake::Interval;
     let mut backoff = Duration::ZERO;
     loop {
+        let mark = stats.pass_begins();
         let report = match full_pass_guarded(engine, exclusive, cancel, &mut watchdog).await {
             PassRun::Done(report) => report,
             PassRun::Stopped => return 0,
@@ -205,16 +243,18 @@ async fn pass_loop(
             error!("stopping: the replica cannot be written (see above)");
             return 1;
         }
+        record_pass(&stats, &report, mark);
         if first {
             notify(&[NotifyState::Ready]);
             first = false;
         }
-        notify(&[NotifyState::Status(&status_line(&report))]);
+        notify(&[NotifyState::Status(&status_line(&report, &stats))]);
+        watcher.publish(&stats).await;
         let overran = report.duration > config.interval;
         if overran && !overrunning {
             warn!(
-                duration = ?report.duration,
-                interval = ?config.interval,
+                duration = report.duration.as_secs_f64(),
+                interval = config.interval.as_secs_f64(),
                 "the pass took longer than the interval; the next ones start right away (said once until a pass fits again)"
             );
         }
@@ -230,7 +270,7 @@ async fn pass_loop(
             Wake::Requested if previous_wake == Wake::Requested && report.counts.changes() == 0 => {
                 backoff = next_backoff(backoff, config.interval);
                 info!(
-                    delay = ?backoff,
+                    delay = backoff.as_secs_f64(),
                     "full pass requested again right after one that found nothing: on a tree \
                      this large the pass's own directory reads can overflow inotify's event \
                      queue (fs.inotify.max_queued_events); waiting before the next one"
@@ -286,13 +326,17 @@ async fn full_pass_guarded(
     let grace = tokio::time::sleep(Duration::MAX / 4);
     tokio::pin!(grace);
     let mut stopping = false;
+    let mut progress = Progress::begin(!engine.stats().first_pass_done());
     loop {
         tokio::select! {
             joined = &mut pass => return match joined {
                 Ok(report) => PassRun::Done(report),
                 Err(_) => PassRun::Panicked,
             },
-            _ = watchdog.tick() => watchdog.feed_if_moving(engine),
+            _ = watchdog.tick() => {
+                watchdog.feed_if_moving(engine);
+                progress.update(engine);
+            }
             () = cancel.cancelled(), if !stopping => {
                 stopping = true;
                 grace.as_mut().reset(Instant::now() + SHUTDOWN_GRACE);
@@ -344,6 +388,7 @@ async fn wait_for_next_pass(
             _ = ticks.tick() => return Wake::Interval,
             () = full_pass.notified() => {
                 info!("full pass requested: events may have been lost");
+                watchdog.stats().full_pass_requested(std::time::Instant::now());
                 return Wake::Requested;
             }
             () = &mut recheck => return Wake::Recheck,
@@ -366,6 +411,7 @@ fn work_fn(
         let exclusive = exclusive.clone();
         let full_pass = full_pass.clone();
         let cancel = cancel.clone();
+        let engine_stats = engine.stats().clone();
         Box::pin(async move {
             // A stop while a pass holds the lock: this work never starts.
             let lock = tokio::select! {
@@ -388,6 +434,8 @@ fn work_fn(
                     if report.links_unresolved {
                         full_pass.notify_one();
                     }
+                    record_counts(engine_stats.as_ref(), &report);
+                    engine_stats.metrics.event_work();
                     outcome_of(&report)
                 }
                 Err(_) => Outcome::Failed,
@@ -414,6 +462,14 @@ fn log_start(config: &Config) {
         "replicad {} starting",
         env!("CARGO_PKG_VERSION")
     );
+    for warning in &config.env_warnings {
+        warn!("{warning}");
+    }
+    if config.once && config.status_addr.is_some() {
+        warn!(
+            "--status-addr is for the service: a one-shot run (--once, --dry-run) serves nothing"
+        );
+    }
     if !config.chown {
         warn!("owners are not mirrored: this process may not chown (needs root or CAP_CHOWN)");
     }

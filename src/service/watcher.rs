@@ -15,6 +15,7 @@ use crate::entry::Entry;
 use crate::guard::open_dir_nofollow;
 use crate::queue::Hint;
 use crate::relpath::{Escaped, RelPath};
+use crate::stats::Stats;
 use crate::watch::{Excluder, Watch};
 
 /// The watch, and what it needs to be started again.
@@ -26,7 +27,13 @@ pub struct Watcher {
     full_pass: Arc<Notify>,
     excluded: Excluder,
     watching: Option<(Watch, (u64, u64))>,
+    /// When the watches were last counted (the count reads a /proc file whose size grows
+    /// with the watches, so not on every pass of a large tree).
+    counted: Option<std::time::Instant>,
 }
+
+/// How often the watches in use are counted for the status endpoint.
+const COUNT_EVERY: Duration = Duration::from_secs(60);
 
 impl Watcher {
     /// A watcher for `config`'s SOURCE, not started yet.
@@ -42,6 +49,7 @@ impl Watcher {
             full_pass,
             excluded,
             watching: None,
+            counted: None,
         }
     }
 
@@ -84,6 +92,24 @@ impl Watcher {
         true
     }
 
+    /// Tells `stats` whether the watch is degraded (missing, or some of SOURCE not
+    /// watched) and, at most every [`COUNT_EVERY`], how many watches are in use.
+    pub async fn publish(&mut self, stats: &Arc<Stats>) {
+        let degraded =
+            self.enabled && self.watching.as_ref().is_none_or(|(w, _)| w.degraded().is_some());
+        let (watches, _) = stats.watcher();
+        let due = self.counted.is_none_or(|t| t.elapsed() >= COUNT_EVERY);
+        let watches = match (self.enabled, due) {
+            (false, _) => 0,
+            (true, false) => watches,
+            (true, true) => {
+                self.counted = Some(std::time::Instant::now());
+                tokio::task::spawn_blocking(count_inotify_watches).await.unwrap_or(watches)
+            }
+        };
+        stats.set_watcher(watches, degraded);
+    }
+
     /// Watches SOURCE again if it is another directory than the one watched (renamed away
     /// and back, remounted); false if `cancel` fired first.
     pub async fn rearm_if_source_replaced(&mut self, cancel: &CancellationToken) -> bool {
@@ -98,4 +124,23 @@ impl Watcher {
         self.watching = None;
         self.start(cancel).await
     }
+}
+
+/// inotify watches this process holds: the `inotify wd:` lines of the fdinfo of each
+/// inotify descriptor (the kernel's own count; notify does not expose one).
+fn count_inotify_watches() -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    let mut watches = 0;
+    for fd in fds.flatten() {
+        let is_inotify = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify");
+        if !is_inotify {
+            continue;
+        }
+        let info = std::path::Path::new("/proc/self/fdinfo").join(fd.file_name());
+        if let Ok(text) = std::fs::read_to_string(info) {
+            watches += text.lines().filter(|l| l.starts_with("inotify wd:")).count() as u64;
+        }
+    }
+    watches
 }

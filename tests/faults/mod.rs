@@ -438,29 +438,19 @@ fn a_log_file_that_stops_taking_lines_stalls_nothing_and_fails_the_run() {
     Dir::at(t.base()).fifo("log.fifo");
     let fifo = t.base().join("log.fifo");
     // A log shipper that opened the FIFO and then hangs: the read end stays open, unread.
-    // (Read-write, so its open does not wait for a writer; `ready` says it is open, so
-    // replicad never meets a FIFO nobody has opened yet.)
-    let ready = t.base().join("reader-ready");
-    let mut reader = Command::new("sh")
-        .arg("-c")
-        .arg(r#"exec 3<> "$1"; : > "$2"; sleep 120"#)
-        .arg("sh")
-        .arg(&fifo)
-        .arg(&ready)
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || ready.exists()),
-        "the FIFO reader never started"
-    );
+    // Held by the test itself (opened without blocking), so it is open before replicad
+    // starts; a helper process raced replicad's start and could be left blocked forever.
+    let reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap()
+    };
     let mut svc = t.spawn(&["--interval", "1h", "--log-file", fifo.to_str().unwrap()]);
     svc.wait_first_pass();
     let asked = Instant::now();
     svc.terminate();
     let status = svc.wait_exit(Duration::from_secs(20));
     let took = asked.elapsed();
-    let _ = reader.kill();
-    let _ = reader.wait();
+    drop(reader);
     let log = svc.log();
     assert!(took < Duration::from_secs(5), "took {took:?} to stop; log tail:\n{}", tail(&log));
     assert_eq!(

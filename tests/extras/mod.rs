@@ -1,0 +1,46 @@
+//! `replicad completions bash|zsh|fish` and `replicad man` generate, and the man page
+//! mentions every option (enumerated from clap, so an option added later is checked too).
+//! See: issue #11, "Shell completions and a man page".
+
+use clap::CommandFactory;
+use replicad::cli::Args;
+
+use crate::support::{Run, replicad};
+
+fn run(args: &[&str]) -> Run {
+    Run::of(replicad().args(args))
+}
+
+#[test]
+fn the_man_page_mentions_every_option() {
+    let man = run(&["man"]);
+    man.assert_code(0);
+    assert!(man.stdout.starts_with(".ie") || man.stdout.contains(".TH"), "not roff:\n{man}");
+    // roff escapes '-' as '\-'.
+    let page = man.stdout.replace("\\-", "-");
+    let command = Args::command();
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        if let Some(long) = arg.get_long() {
+            assert!(page.contains(&format!("--{long}")), "--{long} missing from the man page");
+            checked += 1;
+        }
+        if let Some(env) = arg.get_env() {
+            let env = env.to_string_lossy();
+            assert!(page.contains(env.as_ref()), "{env} missing from the man page");
+        }
+    }
+    assert!(checked >= 17, "only {checked} options checked");
+}
+
+#[test]
+fn completions_generate_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        out.assert_code(0);
+        assert!(out.stdout.contains("status-addr"), "{shell} completions lack options:\n{out}");
+    }
+    let bad = run(&["completions", "tcsh"]);
+    bad.assert_code(2);
+    assert!(bad.stderr.contains("bash|zsh|fish"), "{bad}");
+}
