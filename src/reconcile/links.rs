@@ -176,8 +176,10 @@ impl Engine {
             found.extend(
                 items
                     .iter()
-                    .filter(|i| i.ino == key.1)
-                    .map(|i| dir.join(OsStr::from_bytes(i.name.to_bytes()))),
+                    .filter(|i| i.ino == key.1 && !ops::is_temp_name(i.name.to_bytes()))
+                    .map(|i| dir.join(OsStr::from_bytes(i.name.to_bytes())))
+                    // An excluded name is not mirrored, linked or not.
+                    .filter(|rel| !self.excludes.matches_path_or_parent(rel, false)),
             );
         }
         found
