@@ -75,11 +75,16 @@ def describe(path: bytes, st: os.stat_result, xattrs: bool = True) -> tuple:
 class Snapshot(dict):
     """Relative path (bytes; the root is b".") -> describe() of it, plus
     `inodes`: path -> inode number of each regular file with nlink > 1 (the
-    raw material of link groups; other entries cost no memory here)."""
+    raw material of link groups; other entries cost no memory here), and the
+    bytes allocated (st_blocks, each inode once, as du counts) to directories
+    and to everything else: directories grow with the names they ever held
+    and never shrink, so only the second is expected to match exactly."""
 
     def __init__(self):
         super().__init__()
         self.inodes = {}
+        self.dir_bytes = 0
+        self.other_bytes = 0
 
     def groups(self) -> list:
         """Link groups within the tree: lists of >= 2 names of one inode.
@@ -94,7 +99,10 @@ def snapshot(root, xattrs: bool = True) -> Snapshot:
     """Snapshot of the tree at root; xattrs=False skips reading attributes."""
     root = os.fsencode(root)
     out = Snapshot()
-    out[b"."] = describe(root, os.lstat(root), xattrs)
+    seen = set()  # inodes of linked files already counted in other_bytes
+    st = os.lstat(root)
+    out[b"."] = describe(root, st, xattrs)
+    out.dir_bytes += st.st_blocks * 512
     stack = [b""]
     while stack:
         rel = stack.pop()
@@ -107,8 +115,15 @@ def snapshot(root, xattrs: bool = True) -> Snapshot:
                 out[sub] = facts
                 if facts[0] == "d":
                     stack.append(sub)
-                elif facts[0] == "f" and st.st_nlink > 1:
+                    out.dir_bytes += st.st_blocks * 512
+                    continue
+                if facts[0] == "f" and st.st_nlink > 1:
+                    if st.st_ino in seen:
+                        out.inodes[sub] = st.st_ino
+                        continue  # another name of a counted inode
+                    seen.add(st.st_ino)
                     out.inodes[sub] = st.st_ino
+                out.other_bytes += st.st_blocks * 512
     return out
 
 
@@ -130,6 +145,7 @@ def summary(snap: Snapshot) -> dict:
                for n in names):
             ns["security other"] += 1
     return {"entries": len(snap), "link groups": len(groups),
+            "allocated MiB (dirs excluded)": round(snap.other_bytes / 2**20, 1),
             "linked names": sum(len(g) for g in groups),
             **{f"with {k} xattrs": v for k, v in sorted(ns.items())}}
 
