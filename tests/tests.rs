@@ -15,6 +15,7 @@
 //! - `removals`: the event path must remove every name that left SOURCE, whatever the
 //!   debouncer merged away.
 //! - `service`: the long-running service (events, passes, signals, guard, systemd).
+//! - `sparse`: a 10 GiB file holding a few MiB of data stays sparse and equal.
 //! - `attack`: a stranger writing into REPLICA races replicad; nothing outside REPLICA changes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on purpose
 
@@ -31,3 +32,4 @@ mod promises;
 mod prop;
 mod removals;
 mod service;
+mod sparse;

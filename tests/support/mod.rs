@@ -13,15 +13,16 @@ use std::fmt::{self, Write as _};
 use std::fs::{self, File, Metadata};
 use std::hash::Hasher;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, SeekFrom, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
 use tempfile::TempDir;
 use walkdir::WalkDir;
 
@@ -122,15 +123,26 @@ struct Node {
     gid: u32,
     rdev: u64,
     target: Option<OsString>,
+    /// `(st_dev, st_ino)`: names with the same key are one file (a link group).
+    inode: (u64, u64),
+    nlink: u64,
+    /// `st_blocks`, in 512-byte units whatever the filesystem's block size.
+    blocks: u64,
+    /// Empty when the caller asked not to read them.
+    xattrs: Xattrs,
 }
 
 impl Node {
-    fn read(path: &Path, md: &Metadata) -> io::Result<Node> {
+    /// Reads what `md` (the entry's `lstat`, or `stat` for a root, which is resolved)
+    /// says, the link target, and — if `xattrs` — every extended attribute, following
+    /// `path` only if `follow` (so a symlink's own attributes are read, never its target's).
+    fn read(path: &Path, md: &Metadata, follow: bool, xattrs: bool) -> io::Result<Node> {
         let kind = Kind::of(md);
         let target = match kind {
             Kind::Symlink => Some(fs::read_link(path)?.into_os_string()),
             _ => None,
         };
+        let xattrs = if xattrs { read_xattrs(path, follow)? } else { Xattrs::default() };
         Ok(Node {
             kind,
             mode: md.mode() & 0o7777,
@@ -140,6 +152,10 @@ impl Node {
             gid: md.gid(),
             rdev: md.rdev(),
             target,
+            inode: (md.dev(), md.ino()),
+            nlink: md.nlink(),
+            blocks: md.blocks(),
+            xattrs,
         })
     }
 
@@ -161,12 +177,225 @@ impl Node {
         if matches!(self.kind, Kind::CharDev | Kind::BlockDev) {
             let _ = write!(s, " rdev={:#x}", self.rdev);
         }
+        if self.kind == Kind::File {
+            let _ = write!(s, " alloc={}", self.blocks * 512);
+            if self.nlink > 1 {
+                let _ = write!(s, " nlink={} ino={}", self.nlink, self.inode.1);
+            }
+        }
+        if !self.xattrs.0.is_empty() {
+            let names: Vec<String> = self.xattrs.0.keys().map(|n| escape(n)).collect();
+            let _ = write!(s, " xattrs=[{}]", names.join(","));
+        }
         s
     }
 }
 
 fn fmt_mtime(t: (i64, i64)) -> String {
     format!("{}.{:09}", t.0, t.1)
+}
+
+// ------------------------------------------------------------------------------------------
+// Extended attributes and POSIX ACLs
+
+/// The xattr holding a POSIX access ACL (files and directories).
+pub const ACL_ACCESS: &str = "system.posix_acl_access";
+
+/// The xattr holding a directory's POSIX default ACL (inherited by new entries).
+pub const ACL_DEFAULT: &str = "system.posix_acl_default";
+
+/// True for the xattrs that are POSIX ACLs (reported as [`What::Acl`], not [`What::Xattr`]).
+pub fn is_acl(name: &OsStr) -> bool {
+    name == ACL_ACCESS || name == ACL_DEFAULT
+}
+
+/// Every extended attribute of one entry, by name, values byte for byte. Its `Debug` form
+/// prints names and values escaped (ACLs decoded), so snapshots stay readable.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Xattrs(pub BTreeMap<OsString, Vec<u8>>);
+
+impl Xattrs {
+    /// The value of `name`, if the entry has it.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(OsStr::new(name)).map(Vec::as_slice)
+    }
+}
+
+impl fmt::Debug for Xattrs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (name, value) in &self.0 {
+            m.key(&format_args!("{}", escape(name)))
+                .value(&format_args!("{}", show_xattr_value(name, value)));
+        }
+        m.finish()
+    }
+}
+
+/// Runs a size query and then the read it sized, again if the value grew in between.
+fn sized_read(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    read: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    for _ in 0..16 {
+        let n = query()?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; n];
+        match read(&mut buf) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Errno::RANGE)
+}
+
+/// Every xattr of `path` the process can read: `llistxattr`/`lgetxattr`, so a symlink's
+/// own attributes, unless `follow` (a root, which the comparer resolves). A filesystem
+/// without xattr support has none; an attribute removed between list and read is passed
+/// over (the trees are meant to be quiescent; this only avoids a spurious failure).
+pub fn read_xattrs(path: &Path, follow: bool) -> io::Result<Xattrs> {
+    let names = sized_read(
+        || {
+            if follow {
+                rustix::fs::listxattr_query(path)
+            } else {
+                rustix::fs::llistxattr_query(path)
+            }
+        },
+        |buf| {
+            if follow {
+                rustix::fs::listxattr(path, buf)
+            } else {
+                rustix::fs::llistxattr(path, buf)
+            }
+        },
+    );
+    let names = match names {
+        Ok(names) => names,
+        Err(Errno::NOTSUP) => return Ok(Xattrs::default()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("listxattr: {e}"))),
+    };
+    let mut out = Xattrs::default();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        let value = sized_read(
+            || {
+                if follow {
+                    rustix::fs::getxattr_query(path, name)
+                } else {
+                    rustix::fs::lgetxattr_query(path, name)
+                }
+            },
+            |buf| {
+                if follow {
+                    rustix::fs::getxattr(path, name, buf)
+                } else {
+                    rustix::fs::lgetxattr(path, name, buf)
+                }
+            },
+        );
+        match value {
+            Ok(value) => {
+                out.0.insert(name.to_owned(), value);
+            }
+            Err(Errno::NODATA) => {}
+            Err(e) => {
+                return Err(io::Error::new(e.kind(), format!("getxattr {}: {e}", escape(name))));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A readable rendering of one xattr value: a POSIX ACL decoded (`u::rw-,u:1234:r--,...`),
+/// printable text quoted and escaped, anything else in hex; long values are cut.
+pub fn show_xattr_value(name: &OsStr, value: &[u8]) -> String {
+    const MAX: usize = 64;
+    if is_acl(name)
+        && let Some(acl) = decode_acl(value)
+    {
+        return acl;
+    }
+    let cut = &value[..value.len().min(MAX)];
+    let mut s = match std::str::from_utf8(cut) {
+        Ok(text) if !text.chars().any(char::is_control) => format!("{:?}", text),
+        _ => {
+            let mut hex = String::from("0x");
+            for b in cut {
+                let _ = write!(hex, "{b:02x}");
+            }
+            hex
+        }
+    };
+    if value.len() > MAX {
+        let _ = write!(s, "... ({} bytes)", value.len());
+    }
+    s
+}
+
+/// Decodes the kernel's POSIX ACL xattr format (a little-endian `u32` version 2, then
+/// `(u16 tag, u16 perm, u32 id)` entries) in `getfacl`'s short form; `None` if malformed.
+pub fn decode_acl(value: &[u8]) -> Option<String> {
+    let (version, entries) = value.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*version) != 2 || entries.len() % 8 != 0 {
+        return None;
+    }
+    let mut out = Vec::new();
+    for e in entries.chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u16::from_le_bytes([e[2], e[3]]);
+        let id = u32::from_le_bytes([e[4], e[5], e[6], e[7]]);
+        let (kind, qualifier) = match tag {
+            0x01 => ("u", None),
+            0x02 => ("u", Some(id)),
+            0x04 => ("g", None),
+            0x08 => ("g", Some(id)),
+            0x10 => ("m", None),
+            0x20 => ("o", None),
+            _ => return None,
+        };
+        let rwx: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+            .iter()
+            .map(|&(bit, c)| if perm & bit != 0 { c } else { '-' })
+            .collect();
+        out.push(match qualifier {
+            Some(id) => format!("{kind}:{id}:{rwx}"),
+            None => format!("{kind}::{rwx}"),
+        });
+    }
+    Some(out.join(","))
+}
+
+/// True if the filesystem holding `dir` stores `user.*` xattrs on regular files (tmpfs
+/// before Linux 6.6 and some network filesystems do not). Probes with a scratch file.
+pub fn user_xattrs_supported(dir: &Path) -> bool {
+    let probe = tempfile::Builder::new()
+        .prefix(".xattr-probe.")
+        .tempfile_in(dir)
+        .unwrap_or_else(|e| panic!("create a probe file in {}: {e}", dir.display()));
+    rustix::fs::fsetxattr(probe.as_file(), "user.replicad.probe", b"1", XattrFlags::empty()).is_ok()
+}
+
+/// Runs a command-line tool, panicking with its output (and the Debian package that
+/// brings it, since CI installs it) unless it succeeds.
+#[track_caller]
+pub fn run_tool(program: &str, package: &str, args: &[&OsStr]) {
+    let out = std::process::Command::new(program).args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run {program} ({e}); it comes with the Debian package {package}")
+    });
+    assert!(
+        out.status.success(),
+        "{program} {:?} failed: {}: {}",
+        args,
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -186,6 +415,17 @@ pub enum What {
     Mtime,
     Owner,
     Rdev,
+    /// A regular file's link group (the other names in the tree that share its inode)
+    /// differs: SOURCE's links were split in REPLICA, or separate files were joined.
+    Links,
+    /// An extended attribute (any namespace but the POSIX ACLs) is missing, extra or has
+    /// another value; the description names it.
+    Xattr,
+    /// A POSIX ACL (`system.posix_acl_access` or `system.posix_acl_default`) differs.
+    Acl,
+    /// A regular file takes more disk space in REPLICA than in SOURCE (plus
+    /// [`BLOCKS_SLACK`]): a sparse file was copied densely.
+    Blocks,
     /// The comparer itself could not read an entry on one side.
     Unreadable,
 }
@@ -252,10 +492,18 @@ fn exclude_nothing(_: &Path) -> bool {
     false
 }
 
-/// How strict the comparer is.
+/// How strict the comparer is. The default is strictest; each `skip_*` is for a test
+/// whose run is told (or whose filesystem forces it) to leave that property alone.
 pub struct CompareOptions<'a> {
     /// Do not compare uid/gid.
     pub skip_owner: bool,
+    /// Do not compare link groups (runs with `--no-hard-links`).
+    pub skip_links: bool,
+    /// Do not read or compare xattrs, POSIX ACLs included (runs with `--no-xattrs`, or a
+    /// REPLICA filesystem that cannot store them).
+    pub skip_xattrs: bool,
+    /// Do not compare allocated blocks.
+    pub skip_blocks: bool,
     /// Relative paths (never the root) to ignore on both sides; an ignored directory
     /// is ignored with everything under it.
     pub exclude: &'a dyn Fn(&Path) -> bool,
@@ -263,12 +511,29 @@ pub struct CompareOptions<'a> {
 
 impl Default for CompareOptions<'_> {
     fn default() -> Self {
-        CompareOptions { skip_owner: false, exclude: &exclude_nothing }
+        CompareOptions {
+            skip_owner: false,
+            skip_links: false,
+            skip_xattrs: false,
+            skip_blocks: false,
+            exclude: &exclude_nothing,
+        }
     }
 }
 
+/// How many bytes more a regular file may take on disk in REPLICA than in SOURCE before
+/// [`What::Blocks`] is reported. Not zero because two copies of the same extents need
+/// not cost the same: ext4 spends a 4 KiB extent-tree block once a file has more than
+/// four extents, XFS and btrfs round differently, and a filesystem with 64 KiB blocks
+/// allocates a whole block for one byte. Small enough that densely copying any hole of
+/// 64 KiB or more (the 10 GiB sparse file of the tests, or a 1 MiB hole) is caught.
+pub const BLOCKS_SLACK: u64 = 64 * 1024;
+
 /// Compares two trees strictly: same paths, types, bytes, link targets, modes, mtimes to
-/// the nanosecond, owners and device numbers, roots included.
+/// the nanosecond, owners, device numbers, link groups (regular files sharing an inode in
+/// one tree share one in the other), xattrs in every namespace the process can read,
+/// POSIX ACLs, and no more allocated blocks in REPLICA than SOURCE has (plus
+/// [`BLOCKS_SLACK`]), roots included.
 pub fn compare(src: &Path, dst: &Path) -> Result<(), TreeDiff> {
     compare_with(src, dst, &CompareOptions::default())
 }
@@ -292,8 +557,13 @@ pub fn assert_same_with(src: &Path, dst: &Path, opts: &CompareOptions<'_>) {
 type Listing = BTreeMap<PathBuf, Node>;
 
 /// Walks `root` without following links (the root itself is resolved), skipping excluded
-/// paths; comparer-side read errors are returned with their paths.
-fn list(root: &Path, exclude: &dyn Fn(&Path) -> bool) -> (Listing, Vec<(PathBuf, String)>) {
+/// paths, reading xattrs only if `xattrs`; comparer-side read errors are returned with
+/// their paths.
+fn list(
+    root: &Path,
+    exclude: &dyn Fn(&Path) -> bool,
+    xattrs: bool,
+) -> (Listing, Vec<(PathBuf, String)>) {
     let mut nodes = Listing::new();
     let mut errors = Vec::new();
     let walk = WalkDir::new(root)
@@ -308,12 +578,10 @@ fn list(root: &Path, exclude: &dyn Fn(&Path) -> bool) -> (Listing, Vec<(PathBuf,
         match entry {
             Ok(e) => {
                 let rel = e.path().strip_prefix(root).unwrap_or(e.path()).to_path_buf();
-                let md = if e.depth() == 0 {
-                    fs::metadata(e.path())
-                } else {
-                    fs::symlink_metadata(e.path())
-                };
-                match md.and_then(|md| Node::read(e.path(), &md)) {
+                let is_root = e.depth() == 0;
+                let md =
+                    if is_root { fs::metadata(e.path()) } else { fs::symlink_metadata(e.path()) };
+                match md.and_then(|md| Node::read(e.path(), &md, is_root, xattrs)) {
                     Ok(node) => {
                         nodes.insert(rel, node);
                     }
@@ -330,6 +598,48 @@ fn list(root: &Path, exclude: &dyn Fn(&Path) -> bool) -> (Listing, Vec<(PathBuf,
         }
     }
     (nodes, errors)
+}
+
+/// The link groups of one tree: for each inode, the names of the regular files in `names`
+/// that are that inode. A name whose other links lie outside the tree (or are excluded,
+/// or are no regular file on the other side) is alone in its group.
+fn link_groups<'a>(
+    nodes: &'a Listing,
+    names: &[&'a PathBuf],
+) -> BTreeMap<&'a Path, std::rc::Rc<Vec<&'a Path>>> {
+    let mut by_inode: BTreeMap<(u64, u64), Vec<&Path>> = BTreeMap::new();
+    for rel in names {
+        by_inode.entry(nodes[*rel].inode).or_default().push(rel.as_path());
+    }
+    let mut out = BTreeMap::new();
+    for group in by_inode.into_values() {
+        let group = std::rc::Rc::new(group);
+        for name in group.iter() {
+            out.insert(*name, group.clone());
+        }
+    }
+    out
+}
+
+/// "linked with b, c" (the group's other names), or "alone".
+fn describe_group(rel: &Path, group: &[&Path]) -> String {
+    const MAX: usize = 8;
+    let others: Vec<String> =
+        group.iter().filter(|n| **n != rel).take(MAX).map(|n| show(n)).collect();
+    let more = (group.len() - 1).saturating_sub(MAX);
+    match (others.is_empty(), more) {
+        (true, _) => "alone".into(),
+        (false, 0) => format!("linked with {}", others.join(", ")),
+        (false, more) => format!("linked with {} and {more} more", others.join(", ")),
+    }
+}
+
+/// One side of an xattr difference: `name=value`, or `no name`.
+fn describe_xattr(name: &OsStr, value: Option<&Vec<u8>>) -> String {
+    match value {
+        Some(v) => format!("{}={}", escape(name), show_xattr_value(name, v)),
+        None => format!("no {}", escape(name)),
+    }
 }
 
 fn render(nodes: &Listing, errors: &[(PathBuf, String)]) -> String {
@@ -349,8 +659,23 @@ fn render(nodes: &Listing, errors: &[(PathBuf, String)]) -> String {
 
 /// Like [`compare`], with options.
 pub fn compare_with(src: &Path, dst: &Path, opts: &CompareOptions<'_>) -> Result<(), TreeDiff> {
-    let (src_nodes, src_errors) = list(src, opts.exclude);
-    let (dst_nodes, dst_errors) = list(dst, opts.exclude);
+    let (src_nodes, src_errors) = list(src, opts.exclude, !opts.skip_xattrs);
+    let (dst_nodes, dst_errors) = list(dst, opts.exclude, !opts.skip_xattrs);
+    // Link groups are compared over the names that are regular files on both sides: a
+    // name missing (or of another type) on one side is reported as such, not again as a
+    // link difference of every other name in its group.
+    let files: Vec<&PathBuf> = src_nodes
+        .iter()
+        .filter(|(rel, s)| {
+            s.kind == Kind::File && dst_nodes.get(*rel).is_some_and(|d| d.kind == Kind::File)
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    let (src_groups, dst_groups) = if opts.skip_links {
+        (BTreeMap::new(), BTreeMap::new())
+    } else {
+        (link_groups(&src_nodes, &files), link_groups(&dst_nodes, &files))
+    };
     let mut diffs = Vec::new();
     let mut push = |path: &Path, what, source: String, replica: String| {
         diffs.push(Difference { path: path.to_path_buf(), what, source, replica });
@@ -392,6 +717,18 @@ pub fn compare_with(src: &Path, dst: &Path, opts: &CompareOptions<'_>) -> Result
             }
             _ => {}
         }
+        if s.kind == Kind::File
+            && !opts.skip_blocks
+            && d.blocks * 512 > s.blocks * 512 + BLOCKS_SLACK
+        {
+            let alloc = |n: &Node| format!("{} bytes allocated (size {})", n.blocks * 512, n.size);
+            push(rel, What::Blocks, alloc(s), alloc(d));
+        }
+        if let (Some(sg), Some(dg)) = (src_groups.get(rel.as_path()), dst_groups.get(rel.as_path()))
+            && sg != dg
+        {
+            push(rel, What::Links, describe_group(rel, sg), describe_group(rel, dg));
+        }
         if s.kind != Kind::Symlink && s.mode != d.mode {
             push(rel, What::Mode, format!("{:04o}", s.mode), format!("{:04o}", d.mode));
         }
@@ -400,6 +737,16 @@ pub fn compare_with(src: &Path, dst: &Path, opts: &CompareOptions<'_>) -> Result
         }
         if !opts.skip_owner && (s.uid, s.gid) != (d.uid, d.gid) {
             push(rel, What::Owner, format!("{}:{}", s.uid, s.gid), format!("{}:{}", d.uid, d.gid));
+        }
+        // Both maps are empty when xattrs were not read (skip_xattrs).
+        let names: std::collections::BTreeSet<&OsString> =
+            s.xattrs.0.keys().chain(d.xattrs.0.keys()).collect();
+        for name in names {
+            let (sv, dv) = (s.xattrs.0.get(name), d.xattrs.0.get(name));
+            if sv != dv {
+                let what = if is_acl(name) { What::Acl } else { What::Xattr };
+                push(rel, what, describe_xattr(name, sv), describe_xattr(name, dv));
+            }
         }
     }
     for (rel, d) in &dst_nodes {
@@ -432,27 +779,90 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// Streams two regular files side by side; the offset of the first differing byte, if any.
+/// The offset of the first byte at which two regular files differ (the shorter one's
+/// length if one is a prefix of the other), if any.
+///
+/// Sparse-aware, so a 10 GiB file holding a few MiB is compared in milliseconds: where
+/// `SEEK_DATA` says neither file holds data both read as zeros and are skipped; every
+/// range where either holds data is read from both. `SEEK_DATA` may report a hole as data
+/// (filesystems without hole support say "all data"), which only costs reading; it never
+/// reports data as a hole, so nothing that differs is skipped.
 fn first_difference(a: &Path, b: &Path) -> io::Result<Option<u64>> {
-    const CHUNK: usize = 64 * 1024;
-    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    let mut offset = 0u64;
-    loop {
-        let na = fill(&mut fa, &mut ba)?;
-        let nb = fill(&mut fb, &mut bb)?;
-        let n = na.min(nb);
-        if let Some(i) = ba[..n].iter().zip(&bb[..n]).position(|(x, y)| x != y) {
+    let (fa, fb) = (File::open(a)?, File::open(b)?);
+    let (la, lb) = (fa.metadata()?.len(), fb.metadata()?.len());
+    let len = la.min(lb);
+    let mut pos = 0;
+    while pos < len {
+        // Before `data` both files are in a hole.
+        let data = next_data(&fa, pos, len).min(next_data(&fb, pos, len));
+        if data >= len {
+            break;
+        }
+        // From `data` on, compare until both are in a hole again.
+        let mut end = next_hole(&fa, data, len).max(next_hole(&fb, data, len));
+        if end <= data {
+            end = len; // a filesystem that answers oddly: read the rest
+        }
+        if let Some(at) = first_difference_in(&fa, &fb, data, end)? {
+            return Ok(Some(at));
+        }
+        pos = end;
+    }
+    Ok(if la == lb { None } else { Some(len) })
+}
+
+/// `lseek(SEEK_DATA)` from `pos`, within `len`; `len` if no data follows, `pos` (read
+/// it) if the filesystem cannot tell.
+fn next_data(f: &File, pos: u64, len: u64) -> u64 {
+    match rustix::fs::seek(f.as_fd(), SeekFrom::Data(pos)) {
+        Ok(at) => at.min(len),
+        Err(Errno::NXIO) => len,
+        Err(_) => pos,
+    }
+}
+
+/// `lseek(SEEK_HOLE)` from `pos`, within `len`; `len` (read everything) if the
+/// filesystem cannot tell.
+fn next_hole(f: &File, pos: u64, len: u64) -> u64 {
+    rustix::fs::seek(f.as_fd(), SeekFrom::Hole(pos)).map_or(len, |at| at.min(len))
+}
+
+/// Reads `[from, to)` of both files side by side; the offset of the first differing byte.
+fn first_difference_in(a: &File, b: &File, from: u64, to: u64) -> io::Result<Option<u64>> {
+    const CHUNK: u64 = 256 * 1024;
+    let (mut ba, mut bb) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
+    let mut offset = from;
+    while offset < to {
+        let n = CHUNK.min(to - offset) as usize;
+        let (na, nb) =
+            (read_at_full(a, &mut ba[..n], offset)?, read_at_full(b, &mut bb[..n], offset)?);
+        // Slice equality is a memcmp; only a differing chunk is searched byte by byte.
+        if ba[..na.min(nb)] != bb[..na.min(nb)] {
+            let m = na.min(nb);
+            let i = ba[..m].iter().zip(&bb[..m]).position(|(x, y)| x != y).unwrap_or(0);
             return Ok(Some(offset + i as u64));
         }
-        if na != nb {
-            return Ok(Some(offset + n as u64));
+        if na != nb || na < n {
+            // Shrunk while being compared: it differs where the shorter one ends.
+            return Ok(Some(offset + na.min(nb) as u64));
         }
-        if na == 0 {
-            return Ok(None);
-        }
-        offset += na as u64;
+        offset += n as u64;
     }
+    Ok(None)
+}
+
+/// `pread`s into `buf` until it is full or the file ends.
+fn read_at_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], offset + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -474,6 +884,8 @@ pub struct SnapEntry {
     pub rdev: u64,
     pub target: Option<OsString>,
     pub content_hash: u64,
+    /// Every extended attribute, POSIX ACLs included.
+    pub xattrs: Xattrs,
 }
 
 /// A snapshot of the tree at `root` (root included, as `""`). Panics on read errors.
@@ -484,7 +896,7 @@ pub fn snapshot(root: &Path) -> Vec<SnapEntry> {
         let md =
             if e.depth() == 0 { fs::metadata(e.path()) } else { fs::symlink_metadata(e.path()) };
         let md = md.unwrap_or_else(|err| panic!("snapshot: lstat {}: {err}", e.path().display()));
-        let node = Node::read(e.path(), &md)
+        let node = Node::read(e.path(), &md, e.depth() == 0, true)
             .unwrap_or_else(|err| panic!("snapshot: {}: {err}", e.path().display()));
         let content_hash = if node.kind == Kind::File {
             hash_file(e.path())
@@ -505,6 +917,7 @@ pub fn snapshot(root: &Path) -> Vec<SnapEntry> {
             rdev: node.rdev,
             target: node.target,
             content_hash,
+            xattrs: node.xattrs,
         });
     }
     out
@@ -721,6 +1134,78 @@ impl Dir {
             .unwrap_or_else(|e| panic!("read_dir {}: {e}", p.display()));
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         names
+    }
+}
+
+impl Dir {
+    /// Makes `rel` another name of the existing `existing` (a hard link; parents created).
+    pub fn hard_link(&self, rel: impl AsRef<Path>, existing: impl AsRef<Path>) -> &Self {
+        let rel = rel.as_ref();
+        self.parents(rel);
+        fs::hard_link(self.join(&existing), self.join(rel)).unwrap_or_else(|e| {
+            panic!("ln {} {}: {e}", existing.as_ref().display(), rel.display())
+        });
+        self
+    }
+
+    /// Sets the xattr `name` of `rel` to `value` (never following a symlink, so on a
+    /// symlink it is the link's own attribute: `trusted.*` as root).
+    pub fn set_xattr(&self, rel: impl AsRef<Path>, name: &str, value: impl AsRef<[u8]>) -> &Self {
+        let p = self.join(rel);
+        rustix::fs::lsetxattr(&p, name, value.as_ref(), XattrFlags::empty())
+            .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+        self
+    }
+
+    /// Removes the xattr `name` of `rel` (never following a symlink); it must exist.
+    pub fn remove_xattr(&self, rel: impl AsRef<Path>, name: &str) -> &Self {
+        let p = self.join(rel);
+        rustix::fs::lremovexattr(&p, name)
+            .unwrap_or_else(|e| panic!("removexattr {name} on {}: {e}", p.display()));
+        self
+    }
+
+    /// Every xattr of `rel` (never following a symlink), ACLs included.
+    pub fn xattrs(&self, rel: impl AsRef<Path>) -> Xattrs {
+        let p = self.join(rel);
+        read_xattrs(&p, false).unwrap_or_else(|e| panic!("xattrs of {}: {e}", p.display()))
+    }
+
+    /// Runs the real `setfacl ARGS... rel` (`-m u:1234:r`, `-d -m u:1234:rx`, `-x u:1234`,
+    /// `-b`, `-k`), so ACLs are made the way an administrator makes them.
+    pub fn setfacl(&self, rel: impl AsRef<Path>, args: &[&str]) -> &Self {
+        let p = self.join(rel);
+        let mut argv: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        argv.push(p.as_os_str());
+        run_tool("setfacl", "acl", &argv);
+        self
+    }
+
+    /// Runs the real `setcap CAPS rel` (`cap_net_raw+ep`; `-r` removes them).
+    pub fn setcap(&self, rel: impl AsRef<Path>, caps: &str) -> &Self {
+        let p = self.join(rel);
+        run_tool("setcap", "libcap2-bin", &[OsStr::new(caps), p.as_os_str()]);
+        self
+    }
+
+    /// Writes a sparse regular file of `len` bytes holding `segments` (offset, bytes) and
+    /// zeros (holes, where the filesystem has them) everywhere else.
+    pub fn sparse(&self, rel: impl AsRef<Path>, len: u64, segments: &[(u64, &[u8])]) -> &Self {
+        let rel = rel.as_ref();
+        self.parents(rel);
+        let p = self.join(rel);
+        let f = File::create(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        f.set_len(len).unwrap_or_else(|e| panic!("truncate {}: {e}", p.display()));
+        for (offset, bytes) in segments {
+            f.write_all_at(bytes, *offset)
+                .unwrap_or_else(|e| panic!("write {} at {offset}: {e}", p.display()));
+        }
+        self
+    }
+
+    /// The bytes `rel` takes on disk (`st_blocks` × 512).
+    pub fn allocated(&self, rel: impl AsRef<Path>) -> u64 {
+        self.lstat(rel).blocks() * 512
     }
 }
 
