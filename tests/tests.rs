@@ -5,6 +5,7 @@
 //! - `support`: the oracle (strict tree comparer), tree builder, binary runner, waiting.
 //! - `boundary`: never touch what is not ours — bind mounts, unmounts, planted links.
 //! - `comparer`: proves the oracle catches every kind of difference.
+//! - `exact`: hard links, xattrs, ACLs, capabilities, `-x`, REPLICAs without xattrs.
 //! - `exchange`: `renameat2(RENAME_EXCHANGE)` and parent/child churn, followed by events.
 //! - `faults`: full, read-only and coarse-timed REPLICAs, unwritable logs, signals, limits.
 //! - `logs`: hostile names cannot forge log fields (logfmt and JSON parsed back).
@@ -24,6 +25,7 @@ mod support;
 mod attack;
 mod boundary;
 mod comparer;
+mod exact;
 mod exchange;
 mod faults;
 mod logs;

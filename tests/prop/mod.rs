@@ -1,5 +1,5 @@
 //! Property test: random sequences of operations on SOURCE (create, modify, delete, rename,
-//! chmod, touch, type change) over a tiny namespace (names `a`, `b`, `c`, depth ≤ 3), each
+//! chmod, touch, type change, hard link, xattr, ACL) over a tiny namespace (names `a`, `b`, `c`, depth ≤ 3), each
 //! round followed by `replicad --once` and the oracle. The replica persists across rounds
 //! of a case, so incremental passes are exercised as well as first copies. The event-path
 //! property (`events`) applies the same operations, and more, to a running service.
@@ -34,7 +34,16 @@ enum Op {
     Rename(P, P),
     Chmod(P, u32),
     Touch(P, u32),
+    /// `ln from to`: a file gets another name (replacing what is at `to`).
+    Link(P, P),
+    /// `setfattr -n user.p -v …` (`None`: `-x`) on a file or directory.
+    Xattr(P, Option<u8>),
+    /// `setfacl` with one of `ACLS` (on a directory, also as its default ACL).
+    Acl(P, usize),
 }
+
+/// ACL changes: entries for other users and groups, and `-b` (remove all).
+const ACLS: [&[&str]; 3] = [&["-m", "u:nobody:r"], &["-m", "u:daemon:rw,g:daemon:r"], &["-b"]];
 
 fn rel(p: &P) -> PathBuf {
     p.iter().map(|&i| NAMES[i]).collect()
@@ -55,6 +64,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
         1 => (path(), 0..MODES.len()).prop_map(|(p, m)| Op::Chmod(p, MODES[m])),
         1 => (path(), 0..1_000_000_000u32).prop_map(|(p, n)| Op::Touch(p, n)),
+        2 => (path(), path()).prop_map(|(a, b)| Op::Link(a, b)),
+        1 => (path(), prop::option::of(any::<u8>())).prop_map(|(p, v)| Op::Xattr(p, v)),
+        1 => (path(), 0..ACLS.len()).prop_map(|(p, a)| Op::Acl(p, a)),
     ]
 }
 
@@ -184,6 +196,54 @@ impl Applier<'_> {
                 if self.kind(&r).is_some() {
                     self.tick(&r, *nanos);
                 }
+            }
+            Op::Link(from, to) => {
+                let (f, d) = (rel(from), rel(to));
+                if self.kind(&f) != Some(Kind::File) || f == d || f.starts_with(&d) {
+                    return;
+                }
+                self.make_parents(&d);
+                if self.kind(&f) != Some(Kind::File) {
+                    return; // making room for `to` removed `from`'s ancestor
+                }
+                if self.kind(&d).is_some() {
+                    self.t.remove(&d);
+                }
+                std::fs::hard_link(self.t.join(&f), self.t.join(&d)).expect("ln");
+            }
+            Op::Xattr(p, value) => {
+                let r = rel(p);
+                if matches!(self.kind(&r), Some(Kind::File | Kind::Dir)) {
+                    let path = self.t.join(&r);
+                    let flags = rustix::fs::XattrFlags::empty();
+                    match value {
+                        Some(v) => {
+                            rustix::fs::lsetxattr(&path, "user.p", &[*v], flags).expect("setxattr")
+                        }
+                        None => match rustix::fs::lremovexattr(&path, "user.p") {
+                            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                            Err(e) => panic!("removexattr {}: {e}", path.display()),
+                        },
+                    }
+                }
+            }
+            Op::Acl(p, acl) => {
+                let r = rel(p);
+                let kind = self.kind(&r);
+                if !matches!(kind, Some(Kind::File | Kind::Dir)) {
+                    return;
+                }
+                let path = self.t.join(&r);
+                let mut args: Vec<&str> = ACLS[*acl].to_vec();
+                if kind == Some(Kind::Dir) && args[0] == "-m" {
+                    args.extend(["-d", "-m", "u:nobody:rx"]);
+                }
+                let out = std::process::Command::new("setfacl")
+                    .args(&args)
+                    .arg(&path)
+                    .output()
+                    .expect("setfacl (Debian package acl) is needed");
+                assert!(out.status.success(), "setfacl {args:?}: {out:?}");
             }
         }
     }
