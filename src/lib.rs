@@ -20,7 +20,9 @@
 //! | [`logfmt`] | the text log's fields, quoted so that no name can forge one |
 //! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
 //! | [`relpath`] | paths relative to the roots, escaped for display |
+//! | [`bucket`] | the REPLICA side in an S3 bucket (mapping, store requests, quick check); not yet wired to the engine |
 
+pub mod bucket;
 pub mod checksum;
 pub mod cli;
 pub mod config;

@@ -29,7 +29,9 @@ use crate::ops::{
 };
 use crate::relpath::RelPath;
 
+mod horizon;
 mod links;
+use horizon::Horizon;
 use links::{LinkGroups, LinkIndex, LinkRoots};
 
 // =======================================================================================
@@ -366,6 +368,8 @@ pub struct Engine {
     xattr_support: XattrSupport,
     /// SOURCE's multiply-linked inodes and their names, as last seen.
     links: LinkIndex,
+    /// Since when unchanged entries need not have their xattrs read again.
+    horizon: Horizon,
     md5: Option<Md5Cache>,
     cancel: CancellationToken,
     progress: AtomicU64,
@@ -419,6 +423,7 @@ impl Engine {
             caps: CopyCaps::default(),
             xattr_support: XattrSupport::default(),
             links: LinkIndex::default(),
+            horizon: Horizon::new(local_clocks(config)),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
@@ -449,7 +454,17 @@ impl Engine {
 
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
-        self.run(|roots, counters| self.reconcile_root(roots, counters))
+        let start = Horizon::pass_start();
+        let report = self.run(|roots, counters| self.reconcile_root(roots, counters));
+        let clean = report.guard.is_none()
+            && !report.cancelled
+            && !report.transient
+            && report.counts.errors == 0
+            && !self.opts.dry_run;
+        if clean && self.opts.xattrs {
+            self.horizon.passed_clean(start);
+        }
+        report
     }
 
     /// Reconciles one path an event pointed at: the entry itself, its whole subtree when
@@ -497,6 +512,7 @@ impl Engine {
     /// if they pass, and the counts become the report.
     fn run(&self, work: impl FnOnce(OpenRoots, &Counters) + Send) -> PassReport {
         self.in_pool(|| {
+            self.horizon.check_clock();
             let started = Instant::now();
             let counters = Counters::default();
             let mut report = PassReport::default();
@@ -754,7 +770,8 @@ impl Engine {
             Counters::bump(&counters.scanned, 1);
             self.note_mtime_precision(rel, src);
         }
-        let action = self.decide_at(src_dir, Some(dst_dir), &name, src.as_ref(), dst.as_ref());
+        let action =
+            self.decide_at(src_dir, Some(dst_dir), &name, src.as_ref(), dst.as_ref(), false);
         let fresh_dir = !matches!(&dst, Some(d) if d.kind == Kind::Dir);
         match (action, src) {
             (Action::Descend, Some(src)) if recursive || fresh_dir => {
@@ -803,12 +820,14 @@ impl Engine {
         let result = Entry::stat_fd(src_dir).and_then(|src| {
             let dst = Entry::stat_fd(dst_dir)?;
             let diff = src.attr_diff(&dst, self.rules().owners, &self.rules().mtimes);
+            // Attributes before the mode: user.* needs write permission on the directory.
+            let want =
+                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
+            self.dir_xattrs(want.as_ref(), dst_dir, true)?;
             if !diff.is_empty() {
                 ops::set_attrs_fd(dst_dir, &src, diff)?;
             }
-            let want =
-                self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
-            self.dir_xattrs(want.as_ref(), dst_dir, true).map(|_| ())
+            Ok(())
         });
         if let Err(e) = result {
             self.record(counters, EntryError::io(Op::SetAttrs, rel, e));
@@ -937,10 +956,22 @@ impl Engine {
             }
             other => other.and_then(Result::ok),
         };
+        // The horizon vouches for an entry only while its directories, on both sides, have
+        // not moved since the last clean pass (a rename of one moves its ctime, not theirs),
+        // and only on SOURCE's own filesystem (one mounted inside it may be stamped by
+        // another machine's clock).
+        let settled = src.dev == self.guard.source_dev()
+            && match &place {
+                Place::Top(rel) if rel.is_root() => true,
+                Place::Top(_) => false,
+                Place::Child(_) => parent.as_ref().is_some_and(|p| p.settled),
+            }
+            && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d));
         let node = Arc::new(DirNode {
             place,
             src,
             src_xattrs,
+            settled,
             dst_before: dst,
             dst_fd,
             created,
@@ -1091,7 +1122,8 @@ impl Engine {
         if let Some(src) = &src {
             self.note_mtime_precision(&LazyRel(&rel), src);
         }
-        let action = self.decide_at(src_fd, node.dst_fd.as_ref(), name, src.as_ref(), dst.as_ref());
+        let (dst_fd, settled) = (node.dst_fd.as_ref(), node.settled);
+        let action = self.decide_at(src_fd, dst_fd, name, src.as_ref(), dst.as_ref(), settled);
         if self.defer_link(rel, src.as_ref(), dst.as_ref(), action, counters) {
             return None;
         }
@@ -1124,11 +1156,13 @@ impl Engine {
         if let Some(dst_fd) = &node.dst_fd {
             let result = Entry::stat_fd(dst_fd).and_then(|now| {
                 let diff = node.src.attr_diff(&now, self.rules().owners, &self.rules().mtimes);
+                // Children never change a directory's attributes: what differs now, differed.
+                // Set before the mode: user.* needs write permission on the directory.
+                let changes = self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)?;
                 if apply && !diff.is_empty() {
                     ops::set_attrs_fd(dst_fd, &node.src, diff)?;
                 }
-                // Children never change a directory's attributes: what differs now, differed.
-                self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)
+                Ok(changes)
             });
             match result {
                 Ok(changes) => {
@@ -1246,6 +1280,8 @@ impl Engine {
         Some((src, dst))
     }
 
+    /// `settled`: the entry's directories are unchanged since the last clean pass on both
+    /// sides, so the horizon may vouch for its attributes.
     fn decide_at(
         &self,
         src_dir: &OwnedFd,
@@ -1253,11 +1289,12 @@ impl Engine {
         name: &CStr,
         src: Option<&Entry>,
         dst: Option<&Entry>,
+        settled: bool,
     ) -> Action {
         let action = decide(src, dst, self.rules(), || {
             dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
         });
-        self.with_xattr_changes(action, src_dir, dst_dir, name, src)
+        self.with_xattr_changes(action, src_dir, dst_dir, name, src, dst, settled)
     }
 
     /// What the replica entry `dst`, decided on against `src`, must still be when it is
@@ -1274,6 +1311,7 @@ impl Engine {
 
     /// `statx` cannot see extended attributes: an entry that looks in sync, or that needs
     /// only attributes, has them read on both sides. (Directories: when finalized.)
+    #[allow(clippy::too_many_arguments)]
     fn with_xattr_changes(
         &self,
         action: Action,
@@ -1281,17 +1319,30 @@ impl Engine {
         dst_dir: Option<&OwnedFd>,
         name: &CStr,
         src: Option<&Entry>,
+        dst: Option<&Entry>,
+        settled: bool,
     ) -> Action {
         let mut diff = match action {
             Action::Nothing => AttrDiff::default(),
             Action::Attrs(diff) => diff,
             _ => return action,
         };
-        let (Some(support), Some(dst_dir), Some(_)) = (self.xattrs(), dst_dir, src) else {
+        let (Some(support), Some(dst_dir), Some(src), Some(dst)) =
+            (self.xattrs(), dst_dir, src, dst)
+        else {
             return action;
         };
+        if settled && self.horizon.unchanged(src, dst) {
+            return action;
+        }
         let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
         match (read(src_dir), read(dst_dir)) {
+            // A capability or label goes only onto bytes replicad copies (`grants_security`).
+            (Ok(want), Ok(have))
+                if dst.kind == Kind::File && want.grants_security(&have, support) =>
+            {
+                return Action::Update;
+            }
             (Ok(want), Ok(have)) => {
                 let changes = want.changes(&have, support);
                 (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
@@ -1415,6 +1466,19 @@ impl Engine {
             let source = self.source_xattrs(src_dir, name, rel)?.unwrap_or_default();
             let have = Xattrs::read(Handle::At(dir.as_fd(), name))
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
+            if dst.kind == Kind::File && source.grants_security(&have, support) {
+                // Not in place: the bytes may not be the ones replicad copied.
+                return self.create_entry(
+                    src_dir,
+                    dst_dir,
+                    name,
+                    rel,
+                    src,
+                    Some(dst),
+                    true,
+                    counters,
+                );
+            }
             let changes = source.changes(&have, support);
             (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
             want = Some((source, support));
@@ -1719,6 +1783,12 @@ impl Engine {
     }
 }
 
+/// Whether both roots are on filesystems stamped by this machine's clock (see `horizon`).
+fn local_clocks(config: &Config) -> bool {
+    let local = |p: &std::path::Path| std::fs::File::open(p).is_ok_and(horizon::is_local);
+    local(&config.source) && local(&config.replica)
+}
+
 // =======================================================================================
 // Work-list plumbing
 // =======================================================================================
@@ -1778,6 +1848,9 @@ struct DirNode {
     src: Entry,
     /// SOURCE's extended attributes, read when it was listed (`None`: not mirrored).
     src_xattrs: Option<Xattrs>,
+    /// This directory and every one above it are unchanged on both sides since the last
+    /// clean pass (see `horizon`); never for event work, which starts below the root.
+    settled: bool,
     dst_before: Option<Entry>,
     dst_fd: Option<OwnedFd>,
     created: bool,
@@ -1843,6 +1916,7 @@ impl DirNode {
             place: Place::Top(rel),
             src: placeholder,
             src_xattrs: None,
+            settled: false,
             dst_before: None,
             dst_fd,
             created: false,

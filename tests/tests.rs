@@ -3,6 +3,8 @@
 //! auto-discover as separate targets.
 //!
 //! - `support`: the oracle (strict tree comparer), tree builder, binary runner, waiting.
+//! - `bucket`: the S3 REPLICA side against a real Garage and real rclone, and the bucket
+//!   oracle's own tests.
 //! - `boundary`: never touch what is not ours — bind mounts, unmounts, planted links.
 //! - `comparer`: proves the oracle catches every kind of difference.
 //! - `exact`: hard links, xattrs, ACLs, capabilities, `-x`, REPLICAs without xattrs.
@@ -24,6 +26,7 @@ mod support;
 
 mod attack;
 mod boundary;
+mod bucket;
 mod comparer;
 mod exact;
 mod exchange;

@@ -66,20 +66,35 @@ pub fn set_attrs_at(
         let flags = AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW;
         rustix::fs::chownat(&pinned.fd, c"", Some(uid(src.uid)), Some(gid(src.gid)), flags)?;
     }
-    if pinned.kind != Kind::Symlink && needs_chmod(src, diff) {
-        chmod_pinned(&pinned.fd, src.mode)?;
-    }
-    // After chown, which drops `security.capability`; an access ACL and the mode's group
-    // bits agree in SOURCE, so setting one after the other leaves both equal.
+    let mut chmod = pinned.kind != Kind::Symlink && needs_chmod(src, diff);
+    // After chown, which drops `security.capability`; before the mode, which may take away
+    // the write permission user.* attributes need (an access ACL and the mode's group bits
+    // agree in SOURCE, so setting the mode after the ACL leaves both equal). A replica
+    // entry that is read-only already is made writable to its owner meanwhile.
     if let Some((want, support)) = xattrs.filter(|_| diff.xattrs || diff.acl) {
-        // A symlink's own attributes by name, never followed (its inode was just checked);
-        // everything else through the pinned descriptor.
-        let handle = match pinned.kind {
-            Kind::Symlink => Handle::At(dirfd, name),
-            _ => Handle::Pinned(pinned.fd.as_fd()),
-        };
+        let writable = pinned.mode & 0o200 != 0 || rustix::process::geteuid().is_root();
+        if pinned.kind != Kind::Symlink && !writable {
+            chmod_pinned(&pinned.fd, pinned.mode | 0o200)?;
+            chmod = true;
+        }
+        // Through the pinned descriptor, symlinks included: the name may have been swapped
+        // since the pin (for a hard link to a file outside REPLICA), and the descriptor's
+        // /proc link lands on the symlink itself, never on what it points to.
+        let handle = Handle::Pinned(pinned.fd.as_fd());
         let have = Xattrs::read(handle)?;
-        want.apply(handle, &have, support)?;
+        if pinned.kind == Kind::File && want.grants_security(&have, support) {
+            return Err(io::Error::new(
+                io::ErrorKind::StaleNetworkFileHandle,
+                "replica file lacks a security attribute (a capability, a label) SOURCE has; given only to a fresh copy",
+            ));
+        }
+        let applied = want.apply(handle, &have, support);
+        if chmod {
+            chmod_pinned(&pinned.fd, src.mode)?;
+        }
+        applied?;
+    } else if chmod {
+        chmod_pinned(&pinned.fd, src.mode)?;
     }
     if diff.mtime {
         utimes_pinned(&pinned, dirfd, name, src.mtime)?;
@@ -91,6 +106,7 @@ pub fn set_attrs_at(
 pub(super) struct Pinned {
     pub(super) fd: OwnedFd,
     kind: Kind,
+    mode: u32,
 }
 
 /// Opens `name` as `O_PATH|O_NOFOLLOW` (which never opens the file itself: no FIFO
@@ -119,7 +135,7 @@ pub(super) fn pin(dirfd: BorrowedFd<'_>, name: &CStr, expect: Expect<'_>) -> io:
             "replica entry was replaced or linked elsewhere while being fixed; left alone",
         ));
     }
-    Ok(Pinned { fd, kind: now.kind })
+    Ok(Pinned { fd, kind: now.kind, mode: now.mode })
 }
 
 /// Opens the replica file `name` for reading, but only after pinning it and checking it is
@@ -361,5 +377,54 @@ mod tests {
             .expect("set");
         let now = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
         assert_eq!((now.mode, now.mtime), (0o751, src.mtime));
+    }
+
+    #[test]
+    fn a_symlink_swapped_after_the_pin_never_has_a_file_outside_lose_its_xattrs() {
+        // The window between the pin and the attribute calls: a stranger exchanges the
+        // symlink's name with a hard link to a file outside REPLICA, over and over.
+        let s = scene();
+        let user_ok = rustix::fs::setxattr(
+            &s.outside,
+            c"user.keep",
+            b"mine",
+            rustix::fs::XattrFlags::empty(),
+        );
+        if user_ok.is_err() {
+            eprintln!("SKIP: no user.* attributes in {}", s.base.display());
+            return;
+        }
+        std::os::unix::fs::symlink("target", s.base.join("replica/x")).expect("symlink");
+        std::fs::hard_link(&s.outside, s.base.join("replica/v")).expect("link");
+        let decided = Entry::stat_at(&s.dir, c"x").expect("stat").expect("present");
+        let src = source_like(Kind::Symlink);
+        let diff = AttrDiff { xattrs: true, ..AttrDiff::default() };
+        let (want, support) = (Xattrs::none(), XattrSupport::default());
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let victim_keeps = || {
+            let mut buf = [0u8; 16];
+            rustix::fs::getxattr(&s.outside, c"user.keep", &mut buf).is_ok()
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = rustix::fs::renameat_with(
+                        &s.dir,
+                        c"x",
+                        &s.dir,
+                        c"v",
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    );
+                }
+            });
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_secs(2) && victim_keeps() {
+                let expect = Expect::Same(&decided);
+                let _ =
+                    set_attrs_at(s.dir.as_fd(), c"x", expect, &src, diff, Some((&want, &support)));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert!(victim_keeps(), "a file outside REPLICA lost an attribute through a swapped name");
     }
 }

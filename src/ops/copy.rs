@@ -121,14 +121,18 @@ pub fn copy_file(
     if ctx.opts.fsync {
         rustix::fs::fdatasync(&tmp)?;
     }
-    set_attrs_fd(&tmp, &before, AttrDiff::all(ctx.opts.chown))?;
+    let all = AttrDiff::all(ctx.opts.chown);
+    set_attrs_fd(&tmp, &before, AttrDiff { owner: all.owner, ..AttrDiff::default() })?;
     // After chown (which drops `security.capability` and setuid bits), before the rename:
     // the file never shows under its name without them. The temporary file may have
-    // inherited a default ACL or a label: those go unless SOURCE has them.
+    // inherited a default ACL or a label: those go unless SOURCE has them. Before the
+    // mode: user.* attributes need write permission, which a read-only mode takes away
+    // (and SOURCE's mode, set after an access ACL, agrees with its mask).
     if let (Some(want), Some(support)) = (&xattrs, ctx.xattrs) {
         let have = Xattrs::read(Handle::Fd(tmp.as_fd()))?;
         want.apply(Handle::Fd(tmp.as_fd()), &have, support)?;
     }
+    set_attrs_fd(&tmp, &before, AttrDiff { owner: false, ..all })?;
     temp.rename_into_place(name)?;
     if ctx.opts.fsync {
         rustix::fs::fsync(dst_dir)?;

@@ -75,9 +75,10 @@ pub enum Handle<'a> {
     Fd(BorrowedFd<'a>),
     /// A name in an open directory; a symlink there is the entry, never followed.
     At(BorrowedFd<'a>, &'a CStr),
-    /// An `O_PATH` descriptor that pins the entry (see `attrs`); never a symlink. The
-    /// `*xattrat` calls refuse `O_PATH` descriptors (`EBADF`), so this goes through
-    /// `/proc/self/fd/N`, which names the pinned inode itself.
+    /// An `O_PATH` descriptor that pins the entry (see `attrs`). The `*xattrat` calls
+    /// refuse `O_PATH` descriptors (`EBADF`), so this goes through `/proc/self/fd/N`,
+    /// which names the pinned inode itself (a pinned symlink too: the magic link lands on
+    /// the symlink and is not followed further).
     Pinned(BorrowedFd<'a>),
 }
 
@@ -307,6 +308,19 @@ impl Xattrs {
             .map(|i| self.items[i].1.as_slice())
     }
 
+    /// True if making REPLICA's set (`replica`) equal to `self` would give the entry a
+    /// `security.*` attribute it lacks, or another value: a file capability, or a label
+    /// that decides what executing the file may do (SELinux, SMACK64EXEC). A file's bytes
+    /// may have been written by its owner since replicad copied them (a write drops the
+    /// capability): such attributes are only ever given to a fresh copy, never in place.
+    pub fn grants_security(&self, replica: &Xattrs, support: &XattrSupport) -> bool {
+        support.usable(Namespace::Security)
+            && self.items.iter().any(|(name, value)| {
+                Namespace::of(name.to_bytes()) == Some(Namespace::Security)
+                    && replica.get(name) != Some(value.as_slice())
+            })
+    }
+
     /// Which kinds differ between SOURCE's set (`self`) and REPLICA's, counting only
     /// namespaces REPLICA takes.
     pub fn changes(&self, replica: &Xattrs, support: &XattrSupport) -> XattrChanges {
@@ -343,8 +357,18 @@ impl Xattrs {
             let Some(ns) = Namespace::of(name.to_bytes()) else { return Ok(()) };
             match result {
                 Ok(()) | Err(Errno::NODATA) => Ok(()),
-                Err(Errno::NOTSUP | Errno::PERM | Errno::ACCESS) => {
-                    support.refuse(ns, &io::Error::from(result.err().unwrap_or(Errno::NOTSUP)));
+                // The filesystem lacks the namespace, or (trusted.*, security.*) the process
+                // the privilege. For user.* and ACLs, EPERM/EACCES is about this one entry
+                // (another user's file, no write permission): its error, not a reason to
+                // stop mirroring them everywhere.
+                Err(Errno::NOTSUP) => {
+                    support.refuse(ns, &io::Error::from(Errno::NOTSUP));
+                    Ok(())
+                }
+                Err(e @ (Errno::PERM | Errno::ACCESS))
+                    if matches!(ns, Namespace::Trusted | Namespace::Security) =>
+                {
+                    support.refuse(ns, &io::Error::from(e));
                     Ok(())
                 }
                 Err(e) => Err(io::Error::new(
@@ -428,5 +452,18 @@ mod tests {
         src.apply(at, &before, &support).expect("apply");
         assert_eq!(Xattrs::read(at).expect("read"), src);
         assert!(support.refused().is_empty());
+    }
+
+    #[test]
+    fn only_security_attributes_added_or_changed_count_as_granted() {
+        let support = XattrSupport::default();
+        let cap = set(&[("security.capability", b"c"), ("user.a", b"1")]);
+        let label = set(&[("security.selinux", b"exec_t")]);
+        assert!(cap.grants_security(&set(&[("user.a", b"1")]), &support), "added");
+        assert!(label.grants_security(&set(&[("security.selinux", b"user_t")]), &support));
+        assert!(!cap.grants_security(&set(&[("security.capability", b"c")]), &support));
+        assert!(!Xattrs::none().grants_security(&label, &support), "a removal is not a grant");
+        support.refuse(Namespace::Security, &io::Error::from(Errno::NOTSUP));
+        assert!(!cap.grants_security(&Xattrs::none(), &support));
     }
 }

@@ -15,14 +15,18 @@ use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Action, Counters, Engine, Item, c_name, open_path_at};
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, Op};
 use crate::ops;
 use crate::relpath::RelPath;
+
+/// A link REPLICA refused was met (warned about once per process).
+static LINK_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// A SOURCE file's (device, inode).
 type InodeKey = (u64, u64);
@@ -199,10 +203,14 @@ impl Engine {
         if already_joined(&names) || self.cancel.is_cancelled() {
             return;
         }
-        // A name whose REPLICA file already has the content leads: no copy needed.
+        // A name whose REPLICA file already has the content leads: no copy needed. Else a
+        // name this run saw with the group's inode: one from the index may be stale (gone,
+        // or another inode now), and a leader SOURCE no longer has settles nothing.
         let keeps =
             |n: &LinkName| matches!(n.seen, Some((Some(_), Action::Nothing | Action::Attrs(_))));
-        let leader = names.remove(names.iter().position(keeps).unwrap_or(0));
+        let lead =
+            names.iter().position(keeps).or_else(|| names.iter().position(|n| n.seen.is_some()));
+        let leader = names.remove(lead.unwrap_or(0));
         let Some(at) = self.parents(roots, &leader.rel) else { return };
         let Some((src, dst)) =
             self.stat_pair(&at.src, at.dst.as_ref(), &at.name, &leader.rel, counters)
@@ -213,7 +221,20 @@ impl Engine {
         let Some(src) = src.filter(|s| s.kind == Kind::File && (s.dev, s.ino) == key) else {
             return;
         };
-        let action = self.decide_at(&at.src, at.dst.as_ref(), &at.name, Some(&src), dst.as_ref());
+        let mut action =
+            self.decide_at(&at.src, at.dst.as_ref(), &at.name, Some(&src), dst.as_ref(), false);
+        // REPLICA's file has names the group does not account for (one kept in REPLICA
+        // for an excluded name, one a stranger made, perhaps outside REPLICA): it is
+        // neither changed in place nor given more names; the group moves to a fresh copy.
+        // Not in a dry run: it removes nothing, so names the real run has removed by now
+        // (SOURCE dropped them) would still count against the file.
+        if let Some(d) = dst.as_ref().filter(|d| d.kind == Kind::File && d.nlink > 1)
+            && !self.opts.dry_run
+            && matches!(action, Action::Nothing | Action::Attrs(_) | Action::CompareContent)
+            && d.nlink > 1 + self.names_sharing(roots, d, &names)
+        {
+            action = Action::Update;
+        }
         let keeps_content = matches!(action, Action::Nothing | Action::Attrs(_));
         let own = Counters::default();
         let item = Item { name: at.name.clone(), src: Some(src.clone()), dst: dst.clone(), action };
@@ -264,7 +285,7 @@ impl Engine {
         else {
             return;
         };
-        if !src.is_some_and(|s| s.kind == Kind::File && (s.dev, s.ino) == key) {
+        if !src.as_ref().is_some_and(|s| s.kind == Kind::File && (s.dev, s.ino) == key) {
             return;
         }
         let joined =
@@ -292,8 +313,32 @@ impl Engine {
                 &here.name,
                 &self.temp_names,
             );
-            if let Err(e) = linked {
-                return self.record(counters, EntryError::io(Op::Link, rel, e));
+            match linked {
+                // REPLICA cannot give the file one more name (its filesystem's link limit,
+                // or no hard links at all): this name is mirrored as a file of its own
+                // rather than not at all.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMLINK | libc::EPERM | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    if !LINK_REFUSED.swap(true, Ordering::Relaxed) {
+                        warn!(path = %rel, error = %e, "the replica cannot link this file; names it refuses are copied as files of their own");
+                    }
+                    let action = self.decide_at(
+                        &here.src,
+                        Some(to_dir),
+                        &here.name,
+                        src.as_ref(),
+                        dst.as_ref(),
+                        false,
+                    );
+                    let item = Item { name: here.name.clone(), src, dst, action };
+                    return self.apply(&here.src, Some(to_dir), &here.rel, item, counters);
+                }
+                Err(e) => return self.record(counters, EntryError::io(Op::Link, rel, e)),
+                Ok(()) => {}
             }
             self.fix_dir_attrs(&here.src, to_dir, &here.rel, counters);
         } else if !self.opts.dry_run {
@@ -301,6 +346,17 @@ impl Engine {
         }
         info!(action = %"link", path = %rel, target = %leader);
         Counters::bump(&counters.link, 1);
+    }
+
+    /// How many of `names` are, in REPLICA, the file `replica`.
+    fn names_sharing(&self, roots: &LinkRoots, replica: &Entry, names: &[LinkName]) -> u64 {
+        let shares = |n: &LinkName| {
+            let Some(here) = self.parents(roots, &n.rel) else { return false };
+            let Some(dir) = &here.dst else { return false };
+            matches!(Entry::stat_at(dir, &here.name), Ok(Some(e))
+                if e.kind == Kind::File && (e.dev, e.ino) == (replica.dev, replica.ino))
+        };
+        names.iter().filter(|n| shares(n)).count() as u64
     }
 
     /// Opens the parent directories of `rel` on both sides (REPLICA's may be missing only

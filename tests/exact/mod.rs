@@ -12,8 +12,8 @@ use std::process::Command;
 
 use crate::support::mounts::once_in_mount_namespace;
 use crate::support::{
-    CONVERGE, CompareOptions, EVENTS_ONLY, NOBODY, Service, Tree, action_lines, assert_same,
-    assert_same_with, compare, running, wait_until,
+    CONVERGE, CompareOptions, EVENTS_ONLY, NOBODY, PASS_COMPLETE, Service, Tree, action_lines,
+    assert_same, assert_same_with, compare, running, wait_until,
 };
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -448,4 +448,239 @@ fn live_an_excluded_name_is_never_linked_into_replica() {
     });
     assert!(converged, "b and d/c did not converge linked; log:\n{}", svc.log());
     assert!(!t.dst().join("a").exists(), "the excluded name was linked into REPLICA");
+}
+
+#[test]
+fn periodic_passes_still_see_attribute_changes_after_a_clean_pass() {
+    // Periodic passes skip reading xattrs of entries whose ctimes are older than the last
+    // clean pass (see src/reconcile/horizon.rs): a change on either side moves a ctime, so
+    // it must still be found — by passes alone (no watcher).
+    let t = attributed_tree();
+    let svc = running(&t, &["--no-watch", "--interval", "300ms"]);
+    let passes = svc.count(PASS_COMPLETE);
+    assert!(
+        wait_until(CONVERGE, || svc.count(PASS_COMPLETE) >= passes + 2),
+        "no clean periodic passes; log:\n{}",
+        svc.log()
+    );
+    setfattr(&t.dst().join("f"), "user.planted", "by a stranger");
+    setfattr(&t.src().join("shared"), "user.project", "beta");
+    tool("setfattr", &["-x", "user.origin", &t.src().join("f").to_string_lossy()]);
+    converge_linked(&t, &svc, &[]);
+    assert_attrs_by_tools(&t);
+}
+
+#[test]
+fn a_capability_is_never_given_in_place_to_bytes_a_stranger_wrote() {
+    // REPLICA's copy of a capable binary belongs to SOURCE's owner (here `nobody`), who may
+    // write into it: a write drops the capability (the kernel's doing), and keeping size
+    // and mtime makes the quick check call the content equal. Setting the capability back
+    // in place would hand it to the stranger's bytes; only a fresh copy may carry it.
+    let t = Tree::new();
+    t.file("bin/tool", b"\x7fELF the real tool");
+    t.source().chown("bin/tool", NOBODY, NOBODY);
+    t.source().setcap("bin/tool", "cap_net_raw+ep");
+    t.once(&[]).assert_code(0);
+    let dst = t.dst().join("bin/tool");
+    assert_eq!(getcap(&dst), "cap_net_raw=ep");
+    assert_eq!(fs::metadata(&dst).unwrap().uid(), NOBODY, "the stranger owns the replica file");
+    let mtime = fs::metadata(&dst).unwrap().modified().unwrap();
+    // What `nobody` can do to its own file: same length, other bytes, mtime put back.
+    fs::write(&dst, b"\x7fELF evil payload!").expect("write as the file's owner would");
+    fs::File::options().write(true).open(&dst).unwrap().set_modified(mtime).unwrap();
+    assert_eq!(getcap(&dst), "", "the write did not drop the capability");
+    t.once(&[]).assert_code(0);
+    let has_cap = !getcap(&dst).is_empty();
+    let content = fs::read(&dst).unwrap();
+    assert!(
+        !(has_cap && content != b"\x7fELF the real tool"),
+        "a capability was set on bytes replicad did not copy: {:?}",
+        String::from_utf8_lossy(&content)
+    );
+    t.assert_mirrored();
+}
+
+#[test]
+fn periodic_passes_see_attributes_that_moved_with_a_directory_rename() {
+    // A directory rename moves its entries without touching their ctimes: which SOURCE
+    // file a REPLICA file is compared with changes, though neither inode changed since
+    // the last clean pass. Two directories of equal files that differ only in an
+    // attribute, swapped by name in SOURCE, must still be mirrored by passes alone.
+    let t = Tree::new();
+    for d in ["d", "e"] {
+        t.file(format!("{d}/x"), b"same bytes");
+        t.source().mtime(format!("{d}/x"), 1_600_000_000, 0);
+    }
+    setfattr(&t.src().join("d/x"), "user.tag", "d");
+    setfattr(&t.src().join("e/x"), "user.tag", "e");
+    let svc = running(&t, &["--no-watch", "--interval", "300ms"]);
+    // Clean passes that start well after the files' ctimes (the horizon keeps a margin).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let passes = svc.count(PASS_COMPLETE);
+    assert!(
+        wait_until(CONVERGE, || svc.count(PASS_COMPLETE) >= passes + 2),
+        "no clean periodic passes; log:\n{}",
+        svc.log()
+    );
+    t.source().rename("d", "tmp").rename("e", "d").rename("tmp", "e");
+    converge_linked(&t, &svc, &[]);
+}
+
+#[test]
+fn live_a_new_link_after_a_removed_one_is_mirrored_by_events() {
+    // The index still lists the removed name (it sorts first); it must not lead the group
+    // that event work settles, or the new name is never made.
+    let t = Tree::new();
+    t.file("p", b"linked").file("other", b"x");
+    ln(&t, "p", "q");
+    let svc = running(&t, EVENTS_ONLY);
+    fs::remove_file(t.src().join("p")).unwrap();
+    assert!(wait_until(CONVERGE, || !t.dst().join("p").exists()), "{}", svc.log());
+    ln(&t, "q", "r");
+    converge_linked(&t, &svc, &["q", "r"]);
+}
+
+#[test]
+fn one_file_an_unprivileged_run_may_not_change_does_not_turn_attributes_off() {
+    // EPERM on one entry (another user's file in REPLICA) is that entry's error, not the
+    // filesystem refusing a namespace: user.* and ACLs must go on being mirrored.
+    let t = Tree::new();
+    t.file("p", b"pp").file("f", b"ff");
+    t.source().mtime("p", 1_600_000_000, 0);
+    setfattr(&t.src().join("p"), "user.tag", "1");
+    t.give_to(NOBODY, NOBODY);
+    // Another user's file where SOURCE has `p`: same bytes, mode and mtime, no attribute.
+    t.replica().file("p", b"pp");
+    fs::set_permissions(t.dst().join("p"), t.source().lstat("p").permissions()).unwrap();
+    t.replica().mtime("p", 1_600_000_000, 0);
+    let mut cmd = Command::new("setpriv");
+    cmd.args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".into()])
+        .arg(crate::support::bin())
+        .arg(t.src())
+        .arg(t.dst())
+        .args(EVENTS_ONLY);
+    let svc = t.spawn_command(cmd);
+    assert!(wait_until(CONVERGE, || svc.log().contains(PASS_COMPLETE)), "{}", svc.log());
+    setfattr(&t.src().join("f"), "user.later", "2");
+    tool("setfacl", &["-m", "u:daemon:r", &t.src().join("f").to_string_lossy()]);
+    let f_same = || {
+        getfacl(&t.src().join("f")) == getfacl(&t.dst().join("f"))
+            && t.replica().xattrs("f").get("user.later") == Some(b"2".as_slice())
+    };
+    assert!(wait_until(CONVERGE, f_same), "f's attributes were not mirrored; log:\n{}", svc.log());
+}
+
+#[test]
+fn an_unprivileged_run_mirrors_user_attributes_of_read_only_files() {
+    // Setting user.* needs write permission on the file: a read-only file's attribute is
+    // set before its mode, and a failure there is not the filesystem refusing user.*.
+    let t = Tree::new();
+    t.file("ro", b"r").file("w", b"w");
+    setfattr(&t.src().join("ro"), "user.a", "1");
+    setfattr(&t.src().join("w"), "user.b", "2");
+    t.source().chmod("ro", 0o444);
+    t.give_to(NOBODY, NOBODY);
+    let run = t.once_as_nobody(&[]);
+    run.assert_code(0);
+    assert!(!run.stderr.contains("does not take these attributes"), "{}", run.stderr);
+    t.assert_mirrored();
+    // A change of the attribute later is made in place on the read-only replica file.
+    setfattr(&t.src().join("ro"), "user.a", "changed");
+    t.once_as_nobody(&[]).assert_code(0);
+    t.assert_mirrored();
+}
+
+#[test]
+fn names_beyond_the_replicas_link_limit_are_copied_not_lost() {
+    // ext4 takes at most 65000 names per file; tmpfs more. The names REPLICA refuses to
+    // link must still be there (as files of their own), and a second run leaves them be.
+    let t = Tree::new();
+    t.replica().dir("");
+    let script = r#"
+        set -e
+        mount -t tmpfs t "$S"
+        echo shared > "$S/f"
+        python3 -c "import os; os.chdir(os.environ['S']); [os.link('f', 'l%d' % i) for i in range(65010)]"
+        truncate -s 64M "$B/img"; mke2fs -q -t ext4 -N 70000 "$B/img"; mount -o loop "$B/img" "$D"
+        rmdir "$D/lost+found"
+        set +e
+        "$0" --once "$S" "$D" 2>"$B/first.log"; echo "first=$?"
+        "$0" --once "$S" "$D" 2>"$B/second.log"; echo "second=$?"
+        echo "names=$(ls "$D" | wc -l) content=$(cat "$D/l9999")"
+    "#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(crate::support::bin())
+        .env("S", t.src())
+        .env("D", t.dst())
+        .env("B", t.base())
+        .output()
+        .expect("unshare (needs root, python3, mke2fs)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let second = fs::read_to_string(t.base().join("second.log")).unwrap_or_default();
+    assert!(
+        stdout.contains("first=0") && stdout.contains("names=65011 content=shared"),
+        "{stdout}\n{}\nfirst run:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(t.base().join("first.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.contains("action=link"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(stdout.contains("second=0"), "{stdout}\n{second}");
+    let acted: Vec<&str> = second.lines().filter(|l| l.contains("action=")).collect();
+    assert!(acted.is_empty(), "the second run acted again: {acted:?}");
+}
+
+#[test]
+fn a_group_whose_replica_file_has_a_name_outside_the_group_still_gets_every_name() {
+    // REPLICA's file also has a name the group no longer accounts for (an excluded name
+    // kept in REPLICA here; a name a stranger made elsewhere, likewise): the file cannot
+    // take more names, so the group moves to a fresh copy instead of failing for ever.
+    let t = Tree::new();
+    t.file("a", b"shared");
+    ln(&t, "a", "b");
+    ln(&t, "a", "c");
+    t.once(&[]).assert_code(0);
+    fs::remove_file(t.src().join("c")).unwrap();
+    ln(&t, "a", "d");
+    let run = t.once(&["--exclude", "/c"]);
+    run.assert_code(0);
+    assert!(t.dst().join("c").exists(), "the excluded name was touched");
+    assert_links(&t, &["a", "b", "d"]);
+    assert_eq!(fs::read(t.dst().join("d")).unwrap(), b"shared");
+    let again = t.once(&["--exclude", "/c"]);
+    again.assert_code(0);
+    assert!(again.actions().is_empty(), "{:?}", again.actions());
+}
+
+#[test]
+fn dry_run_matches_the_real_run_when_a_link_is_removed_and_another_made() {
+    // The dry run removes nothing, so REPLICA's file still has the removed name's link
+    // when the group is settled: that must not make it print a fresh copy the real run
+    // (which removed the name first) does not make.
+    let t = Tree::new();
+    t.file("a", b"shared");
+    ln(&t, "a", "b");
+    ln(&t, "a", "c");
+    t.once(&[]).assert_code(0);
+    fs::remove_file(t.src().join("c")).unwrap();
+    ln(&t, "a", "d");
+    let dry = t.once(&["--dry-run"]);
+    dry.assert_code(0);
+    let real = t.once(&[]);
+    real.assert_code(0);
+    let strip = |s: &str| -> Vec<String> {
+        let mut v: Vec<String> = action_lines(s)
+            .iter()
+            .map(|l| l.split_once("action=").unwrap().1.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(strip(&dry.stderr), strip(&real.stderr), "dry run and real run differ");
+    t.assert_mirrored();
+    assert_links(&t, &["a", "b", "d"]);
 }

@@ -438,13 +438,21 @@ fn a_log_file_that_stops_taking_lines_stalls_nothing_and_fails_the_run() {
     Dir::at(t.base()).fifo("log.fifo");
     let fifo = t.base().join("log.fifo");
     // A log shipper that opened the FIFO and then hangs: the read end stays open, unread.
+    // (Read-write, so its open does not wait for a writer; `ready` says it is open, so
+    // replicad never meets a FIFO nobody has opened yet.)
+    let ready = t.base().join("reader-ready");
     let mut reader = Command::new("sh")
         .arg("-c")
-        .arg(r#"exec 3< "$1"; sleep 120"#)
+        .arg(r#"exec 3<> "$1"; : > "$2"; sleep 120"#)
         .arg("sh")
         .arg(&fifo)
+        .arg(&ready)
         .spawn()
         .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || ready.exists()),
+        "the FIFO reader never started"
+    );
     let mut svc = t.spawn(&["--interval", "1h", "--log-file", fifo.to_str().unwrap()]);
     svc.wait_first_pass();
     let asked = Instant::now();

@@ -674,6 +674,11 @@ fn second_sigterm_round(round: usize) -> bool {
     strace.kill();
     let code = exit_code(&mut svc, SHOW);
     let log = svc.log();
+    // On a loaded machine the held copy can still end (strace attached late) and the
+    // graceful stop win the race: such a round proves nothing either way.
+    if code == Some(0) && log.lines().any(|l| l.trim_end().ends_with(" stopped")) {
+        return false;
+    }
     assert_eq!(code, Some(1), "round {round}: exit status; log:\n{log}");
     assert!(log.contains("second signal"), "round {round}: the exit does not say why:\n{log}");
     let file = fs::read_to_string(&log_file).unwrap();

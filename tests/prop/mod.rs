@@ -282,6 +282,32 @@ fn actions(log: &str) -> Vec<String> {
     lines
 }
 
+/// REPLICA files that share their inode with another REPLICA name while SOURCE's file at
+/// the same path has one name: a run copies them afresh (a name SOURCE does not link may
+/// be anyone's) unless it has already removed or replaced the other name — which depends
+/// on the order the real run's threads happen to take, and never happens in a dry run.
+/// The one documented place where the two runs may differ (README, "Hard links").
+fn order_dependent(t: &Tree) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(t.dst())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter(|e| e.metadata().is_ok_and(|m| m.nlink() > 1))
+        .filter_map(|e| e.path().strip_prefix(t.dst()).ok().map(Path::to_path_buf))
+        .filter(|rel| {
+            std::fs::symlink_metadata(t.src().join(rel))
+                .is_ok_and(|m| m.is_file() && m.nlink() == 1)
+        })
+        .map(|rel| format!("action=update path={} ", rel.display()))
+        .collect()
+}
+
+/// `actions` without the order-dependent `update` lines of `skip`.
+fn comparable(log: &str, skip: &[String]) -> Vec<String> {
+    actions(log).into_iter().filter(|l| !skip.iter().any(|s| l.starts_with(s.as_str()))).collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
@@ -296,11 +322,12 @@ proptest! {
             for op in ops {
                 applier.apply(op);
             }
+            let skip = order_dependent(&t);
             let dry = t.once(&["--allow-empty-source", "--dry-run"]);
             prop_assert_eq!(dry.code, Some(0), "round {}: {}", i, dry);
             let real = t.once(&["--allow-empty-source"]);
             prop_assert_eq!(real.code, Some(0), "round {}: {}", i, real);
-            prop_assert_eq!(actions(&dry.stderr), actions(&real.stderr), "round {}: ops {:?}\ndry:\n{}\nreal:\n{}", i, ops, dry, real);
+            prop_assert_eq!(comparable(&dry.stderr, &skip), comparable(&real.stderr, &skip), "round {}: ops {:?}\ndry:\n{}\nreal:\n{}", i, ops, dry, real);
         }
     }
 }

@@ -156,8 +156,10 @@ fn renamed_file_is_renamed_in_replica() {
             t.rename("old", "new");
         },
     );
+    // The action line is written after the rename, and the log is written behind: wait.
+    let logged = wait_until(CONVERGE, || has_action(&svc.log_after_first_pass(), "rename", "new"));
     let after = svc.log_after_first_pass();
-    assert!(has_action(&after, "rename", "new"), "no rename of old -> new:\n{after}");
+    assert!(logged, "no rename of old -> new:\n{after}");
     assert!(after.contains("from=old"), "the rename line names its origin:\n{after}");
 }
 
@@ -287,8 +289,10 @@ fn checksum_on_an_idle_tree_does_not_feed_back() {
     let log = svc.log();
     let stamps: Vec<f64> =
         log.lines().filter(|l| l.contains(PASS_COMPLETE)).filter_map(seconds_of_day).collect();
-    let took = stamps[4] - stamps[0];
-    assert!(took >= 3.5, "4 more passes in {took:.2} s, not ~1/s:\n{log}");
+    // From the second pass on: the first copies and hashes everything and can end late
+    // in its interval on a loaded machine, which shortens the gap to the next one.
+    let took = stamps[4] - stamps[1];
+    assert!(took >= 2.5, "3 more passes in {took:.2} s, not ~1/s:\n{log}");
     let after = svc.log_after_first_pass();
     let churn: Vec<_> = action_lines(&after)
         .into_iter()

@@ -26,6 +26,8 @@ use rustix::io::Errno;
 use tempfile::TempDir;
 use walkdir::WalkDir;
 
+pub mod bucket;
+pub mod garage;
 pub mod mounts;
 
 /// Hard bound on one `--once` run: a hang fails the test in seconds, not never.
