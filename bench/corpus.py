@@ -21,6 +21,21 @@ What a tree holds (see PROFILES for the numbers):
     and mtimes with nanoseconds, whole seconds and millisecond precision;
   * names with spaces, UTF-8 and a few non-UTF-8 bytes (never a newline).
 
+The "exact" flavour (--flavour exact, issue #10) adds what an exact copy must
+also carry over, drawn from its own seeded stream so that the plain part of
+the tree stays byte-identical to the plain flavour's:
+  * hard links: ~5% of the files get 1-3 extra names, half of them in other
+    directories, and the largest file gets two (so a copy that splits links
+    shows in `du`);
+  * `user.*` extended attributes (1-3, text and binary values up to 256 bytes)
+    on ~5% of the files and directories;
+  * POSIX ACLs (system.posix_acl_access, and system.posix_acl_default on
+    directories) on ~2% of the files and directories, built to agree with the
+    entry's mode so that setting them leaves the mode as generated;
+  * as root, a file capability (security.capability, cap_net_raw+ep) on ~2%
+    of the executable files, and a `trusted.*` attribute on ~5% of the
+    symlinks (the only namespace a symlink can carry).
+
 Speed: content is sliced out of one seeded pool of random bytes (8 MiB) at
 seeded offsets, so writing is bound by the filesystem, not by the PRNG.
 """
@@ -32,13 +47,30 @@ import os
 import random
 import shutil
 import stat
+import struct
 import sys
 import time
 from dataclasses import dataclass
 
 # Bump when the generator's output for a given (profile, seed) changes:
 # bench/run.py uses it to decide whether a cached corpus is still valid.
+# The plain flavour's output did not change when the exact flavour came, so
+# plain corpora keep version 1; the exact flavour has its own version, and
+# stamp() puts both flavour and version into the stamp, so no corpus of one
+# flavour or generation is ever reused as another.
 CORPUS_VERSION = 1
+EXACT_VERSION = 1
+FLAVOURS = ("plain", "exact")
+
+
+def stamp(profile: str, seed: int, flavour: str = "plain") -> dict:
+    """What identifies a generated tree: run.py reuses a cached corpus only
+    while this is unchanged."""
+    st = {"profile": profile, "seed": seed, "corpus_version": CORPUS_VERSION}
+    if flavour != "plain":
+        # Plain stamps stay as they were, so existing plain corpora are reused.
+        st.update(flavour=flavour, exact_version=EXACT_VERSION)
+    return st
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -222,9 +254,122 @@ def symlink_target(rng: random.Random, link_dir: str, targets: list, dirs: list)
     return os.path.relpath(dest, link_dir or ".")
 
 
-def generate(root: str, profile: str, seed: int, quiet: bool = False) -> dict:
+# ------------------------------------------------- the "exact" flavour ---
+# Shares of the exact flavour (see the module doc).
+LINK_SHARE = 0.05
+XATTR_SHARE = 0.05
+ACL_SHARE = 0.02
+CAP_SHARE = 0.02          # of the files with an execute bit, root only
+SYMLINK_XATTR_SHARE = 0.05  # trusted.* on symlinks, root only
+
+# POSIX ACL xattr format (linux/posix_acl_xattr.h): a little-endian u32
+# version 2, then (u16 tag, u16 perm, u32 id) entries sorted by tag, then id.
+ACL_VERSION = 2
+ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_GROUP, ACL_MASK, ACL_OTHER = \
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ACL_UNDEFINED_ID = 0xFFFFFFFF
+ACL_IDS = (1001, 1002, 4242, 65533)  # need not exist: ACLs store numbers
+
+# security.capability, VFS_CAP_REVISION_2 (linux/capability.h): magic with
+# the effective flag, then {permitted, inheritable} for caps 0-31 and 32-63.
+# cap_net_raw is 13: what `setcap cap_net_raw+ep` writes.
+CAP_NET_RAW_EP = struct.pack("<5I", 0x02000000 | 0x1, 1 << 13, 0, 0, 0)
+
+
+def acl_value(rng: random.Random, mode: int, default: bool = False) -> bytes:
+    """A seeded ACL with 1-2 named users/groups whose owner, mask and other
+    entries equal mode's bits, so setting it as system.posix_acl_access leaves
+    the mode as it was (the kernel derives the mode from the ACL)."""
+    entries = [(ACL_USER_OBJ, (mode >> 6) & 7, ACL_UNDEFINED_ID)]
+    for uid in sorted(rng.sample(ACL_IDS, rng.randint(1, 2))):
+        entries.append((ACL_USER, rng.randrange(8), uid))
+    entries.append((ACL_GROUP_OBJ, rng.randrange(8), ACL_UNDEFINED_ID))
+    if rng.random() < 0.5:
+        entries.append((ACL_GROUP, rng.randrange(8), rng.choice(ACL_IDS)))
+    # With named entries the mask stands for the mode's group bits.
+    mask = rng.randrange(8) if default else (mode >> 3) & 7
+    entries.append((ACL_MASK, mask, ACL_UNDEFINED_ID))
+    entries.append((ACL_OTHER, mode & 7, ACL_UNDEFINED_ID))
+    return struct.pack("<I", ACL_VERSION) + b"".join(
+        struct.pack("<HHI", tag, perm, eid) for tag, perm, eid in entries)
+
+
+def xattr_values(rng: random.Random) -> list:
+    """1-3 (name, value) pairs in user.*: text and binary, up to 256 bytes."""
+    out = []
+    for k in range(rng.randint(1, 3)):
+        name = f"user.{rng.choice(('origin', 'sum', 'tag', 'backup', 'mime'))}.{k}"
+        if rng.random() < 0.5:
+            value = f"{rng.choice(WORDS)}-{rng.randrange(10**9)}".encode()
+        else:
+            value = rng.randbytes(rng.randint(0, 256))
+        out.append((name, value))
+    return out
+
+
+def add_hard_links(root: str, rng: random.Random, files: list, sizes: list,
+                   dirs: list, empty: list) -> int:
+    """Give LINK_SHARE of the files 1-3 extra names (half of them in another
+    directory) and the largest file two.  Returns the number of names added.
+    Runs before directory mtimes are set: a link changes its directory."""
+    full_dirs = [d for d, e in zip(dirs, empty) if not e]
+    chosen = [i for i in range(len(files)) if rng.random() < LINK_SHARE]
+    largest = max(range(len(files)), key=sizes.__getitem__)
+    extra = {i: rng.randint(1, 3) for i in chosen}
+    extra[largest] = 2
+    added = 0
+    for i, n in sorted(extra.items()):
+        for k in range(n):
+            d = (os.path.dirname(files[i]) if rng.random() < 0.5
+                 else rng.choice(full_dirs))
+            name = os.path.join(d, f"hardlink_{i:x}_{k}{rng.choice(FILE_EXTS)}")
+            os.link(os.path.join(root, files[i]), os.path.join(root, name))
+            added += 1
+    return added
+
+
+def add_attributes(root: str, rng: random.Random, files: list, dirs: list,
+                   links: list, as_root: bool) -> dict:
+    """xattrs, ACLs and capabilities (see the module doc).  Runs last: none of
+    them changes an mtime, and directory ACLs must agree with the final mode."""
+    counts = {"xattrs": 0, "acls": 0, "default_acls": 0, "caps": 0,
+              "symlink_xattrs": 0}
+    for rel in files + dirs[1:]:  # not the root: a replica's root is the tool's
+        path = os.path.join(root, rel)
+        st = os.lstat(path)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if rng.random() < XATTR_SHARE:
+            for name, value in xattr_values(rng):
+                os.setxattr(path, name, value)
+            counts["xattrs"] += 1
+        if rng.random() < ACL_SHARE:
+            os.setxattr(path, "system.posix_acl_access",
+                        acl_value(rng, stat.S_IMODE(st.st_mode)))
+            counts["acls"] += 1
+            if is_dir and rng.random() < 0.5:
+                os.setxattr(path, "system.posix_acl_default",
+                            acl_value(rng, 0o755, default=True))
+                counts["default_acls"] += 1
+        # Drawn as root or not, so the stream does not depend on the user.
+        cap = not is_dir and st.st_mode & 0o111 and rng.random() < CAP_SHARE
+        if cap and as_root:
+            os.setxattr(path, "security.capability", CAP_NET_RAW_EP)
+            counts["caps"] += 1
+    for rel in links:
+        if rng.random() < SYMLINK_XATTR_SHARE and as_root:
+            os.setxattr(os.path.join(root, rel), "trusted.note",
+                        f"link-{rng.randrange(10**6)}".encode(),
+                        follow_symlinks=False)
+            counts["symlink_xattrs"] += 1
+    return counts
+
+
+def generate(root: str, profile: str, seed: int, quiet: bool = False,
+             flavour: str = "plain") -> dict:
     """Create the tree at root (which must not exist). Returns statistics."""
     prof = PROFILES[profile]
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}")
     rng = random.Random(f"replicad-corpus/{profile}/{seed}")
     as_root = os.geteuid() == 0
     t0 = time.monotonic()
@@ -242,9 +387,11 @@ def generate(root: str, profile: str, seed: int, quiet: bool = False) -> dict:
     file_dirs = rng.choices(range(len(dirs)), weights, k=prof.files)
     sizes = file_sizes(rng, prof)
     targets = []  # a sample of file paths for symlinks to point at
+    files, links = [], []  # every path, for the exact flavour
     total = 0
     for i in range(prof.files):
         rel = os.path.join(dirs[file_dirs[i]], make_name(rng, i, False))
+        files.append(rel)
         writer.write_file(os.path.join(root, rel), sizes[i],
                           weighted(rng, FILE_MODES), weighted(rng, OWNERS),
                           random_mtime_ns(rng))
@@ -258,6 +405,7 @@ def generate(root: str, profile: str, seed: int, quiet: bool = False) -> dict:
     for i in range(prof.symlinks):
         d = dirs[rng.choices(range(len(dirs)), weights)[0]]
         path = os.path.join(root, d, f"link_{i}")
+        links.append(os.path.join(d, f"link_{i}"))
         os.symlink(symlink_target(rng, d, targets, dirs), path)
         owner = weighted(rng, OWNERS)  # drawn even when unused: same stream
         if as_root:
@@ -271,6 +419,13 @@ def generate(root: str, profile: str, seed: int, quiet: bool = False) -> dict:
         mt = random_mtime_ns(rng)
         os.utime(path, ns=(mt, mt))
 
+    # The exact flavour's extras come from their own stream: the plain part
+    # of the tree is the same in both flavours.
+    xrng = random.Random(f"replicad-corpus/{profile}/{seed}/exact")
+    exact = {}
+    if flavour == "exact":
+        exact["hard_links"] = add_hard_links(root, xrng, files, sizes, dirs, empty)
+
     # Directories last, deepest first, so no later change bumps an mtime.
     for idx in sorted(range(len(dirs)), key=lambda k: -depth[k]):
         path = os.path.join(root, dirs[idx])
@@ -281,10 +436,14 @@ def generate(root: str, profile: str, seed: int, quiet: bool = False) -> dict:
         mt = random_mtime_ns(rng)
         os.utime(path, ns=(mt, mt))
 
+    if flavour == "exact":
+        exact.update(add_attributes(root, xrng, files, dirs, links, as_root))
+
     return {
-        "profile": profile, "seed": seed, "files": prof.files,
+        "profile": profile, "seed": seed, "flavour": flavour, "files": prof.files,
         "dirs": len(dirs), "symlinks": prof.symlinks, "fifos": prof.fifos,
-        "bytes": total, "seconds": round(time.monotonic() - t0, 2),
+        "bytes": total, "exact": exact,
+        "seconds": round(time.monotonic() - t0, 2),
     }
 
 
@@ -293,6 +452,8 @@ def main(argv=None) -> int:
     ap.add_argument("dest", help="directory to create (must not exist)")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="small")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--flavour", choices=FLAVOURS, default="plain",
+                    help="exact: add hard links, xattrs, ACLs, capabilities")
     ap.add_argument("--force", action="store_true",
                     help="remove dest first if it exists")
     ap.add_argument("-q", "--quiet", action="store_true")
@@ -302,11 +463,12 @@ def main(argv=None) -> int:
             print(f"corpus.py: {args.dest} exists (use --force)", file=sys.stderr)
             return 1
         shutil.rmtree(args.dest)
-    st = generate(args.dest, args.profile, args.seed, args.quiet)
+    st = generate(args.dest, args.profile, args.seed, args.quiet, args.flavour)
     if not args.quiet:
-        print(f"corpus {st['profile']} seed={st['seed']}: {st['files']} files, "
-              f"{st['dirs']} dirs, {st['symlinks']} symlinks, {st['fifos']} fifos, "
-              f"{st['bytes'] / MIB:.0f} MiB in {st['seconds']}s")
+        print(f"corpus {st['profile']} seed={st['seed']} {st['flavour']}: "
+              f"{st['files']} files, {st['dirs']} dirs, {st['symlinks']} symlinks, "
+              f"{st['fifos']} fifos, {st['bytes'] / MIB:.0f} MiB in {st['seconds']}s"
+              + (f"; {st['exact']}" if st["exact"] else ""))
     return 0
 
 

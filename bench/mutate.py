@@ -14,6 +14,11 @@ Changes, each picked at random with these weights:
   rename_dir (5)    a small directory (<= 50 entries below it), same or other parent
   chmod (7.5)   a file or directory gets a different mode
   touch (7.5)   mtime only (file, directory or symlink)
+With --exact (for corpus.py's exact flavour, issue #10) also:
+  link (5)      a new hard link to a file, in its directory or another one
+  xattr (5)     a file or directory gets a user.* attribute set, changed or
+                removed, or (one time in four) a new POSIX ACL; its mtime
+                stays, so only a tool that compares attributes sees it
 
 --percent P applies changes until they touched about P% of the tree's regular
 files (a renamed directory counts every file under it); --count N applies
@@ -35,6 +40,8 @@ import random
 import stat
 import sys
 
+import corpus
+
 KIB = 1024
 MIB = 1024 * KIB
 POOL_SIZE = 4 * MIB
@@ -42,6 +49,8 @@ POOL_SIZE = 4 * MIB
 OPS = (("modify", 20), ("append", 15), ("truncate", 10), ("create", 15),
        ("delete", 10), ("rename_file", 10), ("rename_dir", 5),
        ("chmod", 7.5), ("touch", 7.5))
+# Added with --exact; appended, so the plain run's draws are unchanged.
+EXACT_OPS = (("link", 5), ("xattr", 5))
 FILE_MODES = (0o644, 0o600, 0o755, 0o640, 0o664, 0o444)
 DIR_MODES = (0o755, 0o750, 0o700, 0o775)
 T_MIN = 1_748_736_000  # 2025-06-01
@@ -74,8 +83,10 @@ def listing(root: str):
 class Mutator:
     """Holds the tree's current lists and applies one change at a time."""
 
-    def __init__(self, root: str, seed: int, verbose: bool = False):
+    def __init__(self, root: str, seed: int, verbose: bool = False,
+                 exact: bool = False):
         self.root = root
+        self.ops = OPS + (EXACT_OPS if exact else ())
         self.rng = random.Random(f"replicad-mutate/{seed}")
         self.seed = seed
         self.pool = memoryview(self.rng.randbytes(POOL_SIZE))
@@ -276,10 +287,41 @@ class Mutator:
         self.set_mtime(rel, follow=False)
         return 1
 
+    def link(self) -> int:
+        _, rel = self.pick(self.files)
+        if rel is None:
+            return 0
+        d = os.path.dirname(rel) if self.rng.random() < 0.5 else self.pick_dir()
+        new = os.path.join(d, self.fresh_name("lnk", os.path.splitext(rel)[1][:8]))
+        os.link(self.p(rel), self.p(new))
+        self.files.append(new)
+        self.dir_changed(d)
+        return 1
+
+    def xattr(self) -> int:
+        lst = self.dirs if self.rng.random() < 0.2 else self.files
+        _, rel = self.pick(lst)
+        if rel is None:
+            return 0
+        path = self.p(rel)
+        if self.rng.random() < 0.25:
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+            os.setxattr(path, "system.posix_acl_access",
+                        corpus.acl_value(self.rng, mode))
+            return 1
+        have = sorted(n for n in os.listxattr(path) if n.startswith("user."))
+        if have and self.rng.random() < 0.3:
+            os.removexattr(path, self.rng.choice(have))
+        else:
+            name = self.rng.choice(have + [f"user.mut.{self.counter}"])
+            self.counter += 1
+            os.setxattr(path, name, self.rng.randbytes(self.rng.randint(1, 64)))
+        return 1
+
     # -- driver ----------------------------------------------------------
     def step(self) -> int:
-        names = [n for n, _ in OPS]
-        op = self.rng.choices(names, [w for _, w in OPS])[0]
+        names = [n for n, _ in self.ops]
+        op = self.rng.choices(names, [w for _, w in self.ops])[0]
         touched = getattr(self, op)()
         if touched:
             self.done[op] += 1
@@ -289,9 +331,9 @@ class Mutator:
 
 
 def mutate(root: str, seed: int, percent: float = None, count: int = None,
-           verbose: bool = False) -> dict:
+           verbose: bool = False, exact: bool = False) -> dict:
     """Apply the changes; returns a summary (ops per kind, files touched)."""
-    m = Mutator(root, seed, verbose)
+    m = Mutator(root, seed, verbose, exact)
     nfiles = len(m.files)
     touched = ops = 0
     if count is not None:
@@ -315,9 +357,12 @@ def main(argv=None) -> int:
     g.add_argument("--percent", type=float, default=1.0,
                    help="touch about this %% of the files (default 1)")
     g.add_argument("--count", type=int, help="apply exactly this many changes")
+    ap.add_argument("--exact", action="store_true",
+                    help="also add hard links and change xattrs/ACLs")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    s = mutate(args.tree, args.seed, args.percent, args.count, args.verbose)
+    s = mutate(args.tree, args.seed, args.percent, args.count, args.verbose,
+               args.exact)
     print(f"mutate seed={args.seed}: {sum(s['ops'].values())} changes touching "
           f"{s['touched']} of {s['files_before']} files: {s['ops']}")
     return 0

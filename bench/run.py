@@ -3,6 +3,14 @@
 
     python3 bench/run.py --profile small            # ~1 minute
     python3 bench/run.py --profile default --runs 5 --markdown
+    python3 bench/run.py --profile small --flavour exact --replicad-old OLD
+
+--flavour exact (issue #10) uses corpus.py's exact flavour (hard links,
+xattrs, ACLs, capabilities) and a 1% change that also links and changes
+attributes; rsync then runs as `rsync -aHAX --delete`, and after every first
+copy `du -s` of each replica is compared with SOURCE's.  --replicad-old adds a
+second replicad binary (e.g. one built before a change) as tool
+`replicad-old`, so that old and new are timed in the same run.
 
 On the same trees and in the same run it measures three scenarios:
 
@@ -66,6 +74,12 @@ REPO = Path(__file__).resolve().parent.parent
 TREE_GIB = {"small": 0.25, "default": 2.2, "huge": 4.5}
 MUTATE_SEED = 2
 WALK_FORMAT = "%s %T@\n"
+TOOLS = ("replicad", "replicad-old", "rsync", "rsync-HAX", "cp", "walk")
+# Tools that make a replica of their own.
+COPIERS = ("replicad", "replicad-old", "rsync", "rsync-HAX", "cp")
+# What the tools are called in the report.
+LABELS = {"rsync": "rsync -a --delete", "rsync-HAX": "rsync -aHAX --delete",
+          "cp": "cp -a", "walk": "stat-walk (find both trees)"}
 
 
 # ---------------------------------------------------------------- running ---
@@ -78,6 +92,8 @@ class Sample:
     rss_kib: int
     rc: int
     sync: float | None = None
+    du: int | None = None         # bytes used by the replica (first copy)
+    du_dirs: int | None = None    # of which directories (from the snapshot)
     diffs: int | None = None      # None: not checked
     examples: list = field(default_factory=list)
 
@@ -143,13 +159,17 @@ def timed(cmd, log_path: Path, timeout: float):
 
 
 # ------------------------------------------------------------------ tools ---
-def tool_cmd(tool: str, src: Path, dst: Path, replicad: Path | None,
+def tool_cmd(tool: str, src: Path, dst: Path, replicads: dict,
              replicad_args: list) -> list:
-    """The measured command line of a tool."""
-    if tool == "replicad":
-        return [replicad, "--once", *replicad_args, src, dst]
+    """The measured command line of a tool.  replicads maps "replicad" and
+    "replicad-old" to binaries; both get the same --replicad-arg."""
+    if tool in ("replicad", "replicad-old"):
+        return [replicads[tool], "--once", *replicad_args, src, dst]
     if tool == "rsync":
         return ["rsync", "-a", "--delete", f"{src}/", f"{dst}/"]
+    if tool == "rsync-HAX":
+        # Hard links, ACLs, xattrs: what rsync needs for issue #10's "exact".
+        return ["rsync", "-aHAX", "--delete", f"{src}/", f"{dst}/"]
     if tool == "cp":
         return ["cp", "-a", src, dst]
     if tool == "walk":
@@ -176,6 +196,24 @@ def find_replicad(arg: str | None) -> Path | None:
           " measuring rsync, cp and find only. Pass --replicad PATH to use another"
           " binary.", file=sys.stderr)
     return None
+
+
+def disk_use(path: Path) -> int:
+    """Bytes allocated to the tree, each inode counted once (du -s)."""
+    out = subprocess.run(["du", "-s", "--block-size=1", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def git_head() -> str:
+    """Commit (and dirtiness) of this repository, for the record."""
+    try:
+        rev = subprocess.run(["git", "-C", str(REPO), "describe", "--always",
+                              "--dirty", "--abbrev=12"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        return rev or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def version_of(cmd) -> str:
@@ -219,23 +257,25 @@ def prepare_trees(args, data: Path) -> dict:
     """Make (or reuse) the pristine source, its pristine mirror and the
     changed source.  Returns paths and facts about them."""
     src, base, mut = data / "src", data / "base", data / "src-mut"
-    s_stamp = {"profile": args.profile, "seed": args.seed,
-               "corpus_version": corpus.CORPUS_VERSION}
+    exact = args.flavour == "exact"
+    s_stamp = corpus.stamp(args.profile, args.seed, args.flavour)
     info = {}
 
     def build_src():
-        print(f"generating corpus {args.profile} seed={args.seed} in {src} ...",
-              flush=True)
-        st = corpus.generate(str(src), args.profile, args.seed)
+        print(f"generating corpus {args.profile} seed={args.seed} "
+              f"flavour={args.flavour} in {src} ...", flush=True)
+        st = corpus.generate(str(src), args.profile, args.seed,
+                             flavour=args.flavour)
         print(f"  {st['files']} files, {st['bytes'] / 2**20:.0f} MiB in "
-              f"{st['seconds']}s", flush=True)
+              f"{st['seconds']}s {st['exact'] or ''}", flush=True)
 
     def build_base():
         sh("cp", "-a", src, base)
 
     def build_mut():
         sh("cp", "-a", src, mut)
-        s = mutate.mutate(str(mut), MUTATE_SEED, percent=args.percent)
+        s = mutate.mutate(str(mut), MUTATE_SEED, percent=args.percent,
+                          exact=exact)
         print(f"  mutated copy: {sum(s['ops'].values())} changes touching "
               f"{s['touched']} files: {s['ops']}", flush=True)
         (data / "src-mut.changes.json").write_text(json.dumps(s))
@@ -253,19 +293,20 @@ def prepare_trees(args, data: Path) -> dict:
 class Bench:
     """Runs the scenarios and collects Samples per (scenario, tool)."""
 
-    def __init__(self, args, data: Path, trees: dict, replicad: Path | None):
+    def __init__(self, args, data: Path, trees: dict, replicads: dict):
         self.args = args
         self.trees = trees
-        self.replicad = replicad
+        self.replicads = replicads  # tool name -> binary, the present ones
         self.logs = data / "logs"
         self.logs.mkdir(exist_ok=True)
-        self.reps = {t: data / f"rep-{t}" for t in ("replicad", "rsync", "cp")}
+        self.reps = {t: data / f"rep-{t}" for t in COPIERS}
         self.results: dict[tuple, list] = {}
         self.snaps = {}
+        self.du_src = None  # du -s of SOURCE, taken with the first copy
 
     def tools(self, wanted):
-        return [t for t in wanted
-                if t in self.args.tools and (t != "replicad" or self.replicad)]
+        return [t for t in wanted if t in self.args.tools and
+                (not t.startswith("replicad") or t in self.replicads)]
 
     def snap(self, key: str):
         if key not in self.snaps:
@@ -279,7 +320,7 @@ class Bench:
             drop_caches()
         else:
             os.sync()
-        cmd = tool_cmd(tool, src, dst, self.replicad, self.args.replicad_arg)
+        cmd = tool_cmd(tool, src, dst, self.replicads, self.args.replicad_arg)
         log = self.logs / f"{scenario}-{tool}.log"
         wall, cpu, rss, rc = timed(cmd, log, self.args.timeout)
         s = Sample(wall, cpu, rss, rc)
@@ -287,13 +328,19 @@ class Bench:
             t0 = time.perf_counter()
             os.sync()
             s.sync = time.perf_counter() - t0
+        if scenario == "first copy":
+            # Disk use is what hard links are about: a copy that splits a
+            # group pays for every name.  Untimed, after the sync above.
+            s.du = disk_use(dst)
         if check_key:
+            dsnap = treecmp.snapshot(dst)
+            s.du_dirs = dsnap.dir_bytes
             s.diffs, s.examples = treecmp.compare(
-                self.snap(check_key), treecmp.snapshot(dst),
+                self.snap(check_key), dsnap,
                 self.trees[check_key], dst, content=content, limit=5)
         self.results.setdefault((scenario, tool), []).append(s)
         mark = "" if not s.diffs else f"  MISMATCH {s.diffs} paths"
-        print(f"  {scenario:<11} {tool:<8} {wall:8.3f}s  rc={rc}{mark}", flush=True)
+        print(f"  {scenario:<11} {tool:<12} {wall:8.3f}s  rc={rc}{mark}", flush=True)
         return s
 
     def rounds(self, tools):
@@ -305,7 +352,8 @@ class Bench:
 
     def first_copy(self):
         src = self.trees["src"]
-        for r, tool in self.rounds(self.tools(["replicad", "rsync", "cp"])):
+        self.du_src = (disk_use(src), self.snap("src").dir_bytes)
+        for r, tool in self.rounds(self.tools(list(COPIERS))):
             dst = self.reps[tool]
             sh("rm", "-rf", dst)
             self.measure("first copy", tool, src, dst, sync_after=True,
@@ -313,11 +361,23 @@ class Bench:
 
     def noop(self):
         src, base = self.trees["src"], self.trees["base"]
-        tools = self.tools(["replicad", "rsync", "walk"])
+        tools = self.tools([t for t in TOOLS if t != "cp"])
         for tool in tools:
             if tool != "walk":
                 sh("rm", "-rf", self.reps[tool])
                 sh("cp", "-a", base, self.reps[tool])
+                # One untimed pass first.  On an exact mirror it changes
+                # nothing; a tool that cannot keep that mirror (a replicad
+                # from before #10 rewrites every hard-linked name, dropping
+                # its ACLs) makes its own replica here, so that every timed
+                # run is a true no-op for that tool too.
+                log = self.logs / f"no-op-{tool}.prime.log"
+                cmd = tool_cmd(tool, src, self.reps[tool], self.replicads,
+                               self.args.replicad_arg)
+                with open(log, "wb") as f:
+                    subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=f,
+                                   timeout=self.args.timeout)
         for _, tool in self.rounds(tools):
             if tool == "walk":
                 self.measure("no-op", tool, src, base, sync_after=False)
@@ -327,7 +387,8 @@ class Bench:
 
     def changed(self):
         mut, base = self.trees["mut"], self.trees["base"]
-        for r, tool in self.rounds(self.tools(["replicad", "rsync"])):
+        tools = self.tools([t for t in COPIERS if t != "cp"])
+        for r, tool in self.rounds(tools):
             dst = self.reps[tool]
             sh("rm", "-rf", dst)
             sh("cp", "-a", base, dst)
@@ -340,12 +401,18 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
-def summarize(results: dict) -> list:
+def rsync_ref(tools) -> str:
+    """The rsync the targets compare with: -aHAX when it ran (issue #10)."""
+    return "rsync-HAX" if "rsync-HAX" in tools else "rsync"
+
+
+def summarize(results: dict, du_src: int | None = None) -> list:
     """One row per (scenario, tool) with medians, ranges and ratios."""
     rows = []
     for scenario in ("first copy", "no-op", "1% changed"):
         tools = [t for (s, t) in results if s == scenario]
-        base_tool = "replicad" if "replicad" in tools else "rsync"
+        tools.sort(key=TOOLS.index)
+        base_tool = "replicad" if "replicad" in tools else rsync_ref(tools)
         ref = results.get((scenario, base_tool))
         ref_wall = med([s.wall for s in ref]) if ref else None
         ref_sync = (med([s.wall + s.sync for s in ref])
@@ -365,6 +432,11 @@ def summarize(results: dict) -> list:
             if ss[0].sync is not None:
                 row["synced"] = med([s.wall + s.sync for s in ss])
                 row["synced_ratio"] = row["synced"] / ref_sync if ref_sync else None
+            dus = sorted({(s.du, s.du_dirs) for s in ss if s.du is not None})
+            if dus:
+                # Distinct (du, directory bytes) seen over the runs.
+                row["du"] = dus
+                row["du_src"] = du_src
             checked = [s for s in ss if s.diffs is not None]
             bad = [s for s in checked if s.diffs]
             row["check"] = ("-" if not checked else
@@ -384,7 +456,7 @@ COLUMNS = ("scenario", "tool", "median s", "min–max s", "×base",
 
 
 def row_cells(r) -> list:
-    return [r["scenario"], r["tool"], fmt(r["median"]),
+    return [r["scenario"], LABELS.get(r["tool"], r["tool"]), fmt(r["median"]),
             f"{r['min']:.3f}–{r['max']:.3f}", fmt(r["ratio"], ".2f"),
             fmt(r.get("synced")), fmt(r.get("synced_ratio"), ".2f"),
             fmt(r["cpu"], ".2f"), fmt(r["rss_mib"], ".1f"),
@@ -406,9 +478,29 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
+def du_table(rows) -> list:
+    """Rows (tool, du bytes, × SOURCE, Δ KiB, Δ KiB of directories, Δ KiB of
+    the rest): disk use of each replica after the first copy.  Directories
+    are split out because a directory's size depends on the names it ever
+    held (temporary names included), not on what it holds now."""
+    out = []
+    for r in rows:
+        if "du" not in r or not r.get("du_src"):
+            continue
+        src, src_dirs = r["du_src"]
+        for du, dirs in r["du"]:
+            d_dirs = None if dirs is None else (dirs - src_dirs) / 1024
+            d_rest = None if dirs is None else ((du - dirs) - (src - src_dirs)) / 1024
+            out.append((LABELS.get(r["tool"], r["tool"]), du, du / src,
+                        (du - src) / 1024, d_dirs, d_rest))
+    return out
+
+
 def targets(rows) -> list:
-    """SPEC.md section 5 targets that this run can judge, as text lines."""
+    """SPEC.md section 5 and issue #10 targets that this run can judge, as
+    text lines."""
     get = {(r["scenario"], r["tool"]): r for r in rows}
+    rs = rsync_ref({t for _, t in get})
     out = []
 
     def judge(label, a, b, key, limit, faster=False):
@@ -422,17 +514,31 @@ def targets(rows) -> list:
         out.append(f"{'met   ' if ok else 'MISSED'} {label}: {what}")
 
     for key, note in (("median", "tool time"), ("synced", "tool + sync")):
-        judge(f"first copy faster than rsync [{note}]",
-              ("first copy", "replicad"), ("first copy", "rsync"), key, 1.0, True)
+        judge(f"first copy faster than {LABELS[rs]} [{note}]",
+              ("first copy", "replicad"), ("first copy", rs), key, 1.0, True)
         judge(f"first copy within 1.3× of cp -a [{note}]",
               ("first copy", "replicad"), ("first copy", "cp"), key, 1.3)
-    judge("no-op at least 3× faster than rsync", ("no-op", "replicad"),
-          ("no-op", "rsync"), "median", 3.0, True)
+    judge(f"no-op at least 3× faster than {LABELS[rs]}", ("no-op", "replicad"),
+          ("no-op", rs), "median", 3.0, True)
     judge("no-op within 1.5× of a bare stat-walk", ("no-op", "replicad"),
           ("no-op", "walk"), "median", 1.5)
+    judge("#10: no-op at most 1.15× the old replicad's", ("no-op", "replicad"),
+          ("no-op", "replicad-old"), "median", 1.15)
     for key, note in (("median", "tool time"), ("synced", "tool + sync")):
-        judge(f"1% changed faster than rsync [{note}]", ("1% changed", "replicad"),
-              ("1% changed", "rsync"), key, 1.0, True)
+        judge(f"1% changed faster than {LABELS[rs]} [{note}]",
+              ("1% changed", "replicad"), ("1% changed", rs), key, 1.0, True)
+    first = get.get(("first copy", "replicad"))
+    if first and first.get("du") and first.get("du_src"):
+        # Equal apart from directory blocks: those hold the names a directory
+        # ever had, which no copying tool controls (cp -a differs too).
+        src, src_dirs = first["du_src"]
+        rest = {du - dirs for du, dirs in first["du"]}
+        ok = rest == {src - src_dirs}
+        out.append(f"{'met   ' if ok else 'MISSED'} #10: REPLICA's du equals "
+                   f"SOURCE's (directories aside): SOURCE {src} bytes, "
+                   f"replicad {', '.join(str(d) for d, _ in first['du'])}; "
+                   f"without directories {src - src_dirs} vs "
+                   f"{', '.join(map(str, sorted(rest)))}")
     return out
 
 
@@ -461,7 +567,7 @@ def load_now() -> str:
     return out
 
 
-def machine_info(data: Path, replicad: Path | None) -> dict:
+def machine_info(data: Path, replicads: dict) -> dict:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -474,28 +580,34 @@ def machine_info(data: Path, replicad: Path | None) -> dict:
         "nproc": len(os.sched_getaffinity(0)), "cpu": cpu,
         "memory": f"{mem_kib / 2**20:.0f} GiB", "kernel": platform.release(),
         "filesystem": fs_type(data), "python": platform.python_version(),
-        "replicad": f"{replicad} ({version_of([replicad])})" if replicad else "absent",
+        **{t: f"{b} ({version_of([b])})" for t, b in replicads.items()},
+        "repository": git_head(),
         "rsync": version_of(["rsync"]), "cp": version_of(["cp"]),
         "find": version_of(["find"]),
     }
 
 
-def corpus_line(args, trees) -> str:
+def corpus_line(args, trees, src_summary=None) -> str:
     p = corpus.PROFILES[args.profile]
     big = sum(p.large) + p.medium * corpus.MEDIUM_SIZE
     ch = trees.get("changes", {})
-    return (f"profile {args.profile} (seed {args.seed}): {p.files:,} files "
+    extra = ""
+    if src_summary:
+        extra = ("; " + ", ".join(f"{k} {v:,}" for k, v in src_summary.items()
+                                  if k != "entries"))
+    return (f"profile {args.profile} {args.flavour} (seed {args.seed}): "
+            f"{p.files:,} files "
             f"(incl. {p.medium} × 1 MiB and {len(p.large)} large: "
-            f"{big / 2**20:.0f} MiB), {p.symlinks} symlinks, {p.fifos} FIFOs; "
-            f"1% changed = {sum(ch.get('ops', {}).values())} changes touching "
-            f"{ch.get('touched', '?')} files")
+            f"{big / 2**20:.0f} MiB), {p.symlinks} symlinks, {p.fifos} FIFOs"
+            f"{extra}; 1% changed = {sum(ch.get('ops', {}).values())} changes "
+            f"touching {ch.get('touched', '?')} files {ch.get('ops', '')}")
 
 
-def report(args, rows, info, trees, data: Path):
+def report(args, rows, info, trees, data: Path, src_summary=None):
     cache = "cold (caches dropped before each run)" if args.cold else \
         "warm page cache"
     print()
-    print(corpus_line(args, trees))
+    print(corpus_line(args, trees, src_summary))
     print(f"{args.runs} runs per tool and scenario, tools interleaved, {cache}; "
           f"×base = tool median / {rows[0]['base_tool'] if rows else '?'} median")
     print(f"machine load {info['machine load']}")
@@ -504,6 +616,14 @@ def report(args, rows, info, trees, data: Path):
     for r in rows:
         for ex in r["examples"]:
             print(f"  {r['scenario']} / {r['tool']}: {ex}")
+    du = du_table(rows)
+    if du:
+        src, src_dirs = rows[0]["du_src"]
+        print(f"\ndisk use after the first copy (du -s --block-size=1; SOURCE "
+              f"{src}, of which directories {src_dirs}):")
+        for label, b, ratio, dk, dd, dr in du:
+            print(f"  {label:<22} {b:>14}  ×{ratio:.3f}  {dk:+.0f} KiB "
+                  f"(directories {fmt(dd, '+.0f')}, rest {fmt(dr, '+.0f')})")
     lines = targets(rows)
     if lines:
         print("\nSPEC.md §5 targets (medians):")
@@ -511,12 +631,21 @@ def report(args, rows, info, trees, data: Path):
             print("  " + line)
     if args.markdown:
         print("\n" + "-" * 72 + "\n")
-        print(f"**{corpus_line(args, trees)}.** {args.runs} runs each, tools "
+        print(f"**{corpus_line(args, trees, src_summary)}.** {args.runs} runs "
+              "each, tools "
               f"interleaved, {cache}. Times in seconds (median and min–max); "
               "×base is the ratio of medians to replicad's; +sync adds a "
               "`sync` after the tool (replicad already ends with syncfs); RSS "
               "is the peak of the largest process.\n")
         print(markdown_table(rows))
+        if du:
+            print(f"\n| tool | du -s bytes after first copy | × SOURCE | "
+                  f"Δ KiB | Δ directories KiB | Δ rest KiB |\n"
+                  f"|---|---|---|---|---|---|\n"
+                  f"| SOURCE | {rows[0]['du_src'][0]} | 1.000 | 0 | 0 | 0 |")
+            for label, b, ratio, dk, dd, dr in du:
+                print(f"| {label} | {b} | {ratio:.3f} | {dk:+.0f} | "
+                      f"{fmt(dd, '+.0f')} | {fmt(dr, '+.0f')} |")
         print()
         for k, v in info.items():
             print(f"- {k}: {v}")
@@ -535,14 +664,23 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=1, help="corpus seed")
     ap.add_argument("--percent", type=float, default=1.0,
                     help="share of files changed for the third scenario")
+    ap.add_argument("--flavour", choices=corpus.FLAVOURS, default="plain",
+                    help="corpus flavour; exact adds hard links, xattrs, ACLs "
+                    "and capabilities (issue #10) and lives in PROFILE-exact/")
     ap.add_argument("--replicad", help="replicad binary (default: "
                     "target/release/replicad of the repo, built if missing)")
+    ap.add_argument("--replicad-old", help="a second replicad binary, timed as "
+                    "tool replicad-old in the same run (e.g. one built from "
+                    "the commit before a change)")
     ap.add_argument("--replicad-arg", action="append", default=[],
-                    help="extra argument for replicad --once (repeatable)")
+                    help="extra argument for replicad --once, both binaries "
+                    "(repeatable)")
     ap.add_argument("--data-dir", default=str(REPO.parent / "benchdata"),
                     help="where corpora and replicas go (default: %(default)s)")
-    ap.add_argument("--tools", default="replicad,rsync,cp,walk",
-                    help="comma-separated subset of replicad,rsync,cp,walk")
+    ap.add_argument("--tools", help="comma-separated subset of " + ",".join(TOOLS)
+                    + " (default: replicad,replicad-old,rsync,cp,walk; with "
+                    "--flavour exact rsync-HAX instead of rsync; replicad-old "
+                    "only with --replicad-old)")
     ap.add_argument("--scenarios", default="first,noop,changed",
                     help="comma-separated subset of first,noop,changed")
     ap.add_argument("--cold", action="store_true",
@@ -554,27 +692,46 @@ def parse_args(argv=None):
     ap.add_argument("--keep", action="store_true",
                     help="keep the replicas (rep-*) afterwards")
     args = ap.parse_args(argv)
+    if args.tools is None:
+        # On the exact corpus plain rsync -a cannot make an exact copy, so
+        # the comparison is with the rsync that can.
+        rsync = "rsync-HAX" if args.flavour == "exact" else "rsync"
+        args.tools = f"replicad,replicad-old,{rsync},cp,walk"
     args.tools = args.tools.split(",")
+    if not set(args.tools) <= set(TOOLS):
+        ap.error(f"--tools: unknown {set(args.tools) - set(TOOLS)}")
+    if "replicad-old" in args.tools and not args.replicad_old:
+        args.tools.remove("replicad-old")
     args.scenarios = args.scenarios.split(",")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    data = Path(args.data_dir).resolve() / args.profile
+    # Each flavour has its own trees: the stamps would tell them apart, but
+    # switching flavours would then regenerate them every time.
+    suffix = "" if args.flavour == "plain" else f"-{args.flavour}"
+    data = Path(args.data_dir).resolve() / (args.profile + suffix)
     if REPO in data.parents:
         sys.exit(f"run.py: --data-dir must be outside the repository ({data})")
-    missing = sum(not (data / n).exists() for n in
-                  ("src", "base", "src-mut", "rep-replicad", "rep-rsync", "rep-cp"))
+    missing = sum(not (data / n).exists() for n in ("src", "base", "src-mut")) \
+        + sum(t in COPIERS for t in args.tools)
     check_space(data, args.profile, missing)
-    replicad = find_replicad(args.replicad) if "replicad" in args.tools else None
-    for tool, exe in (("rsync", "rsync"), ("cp", "cp"), ("walk", "find")):
+    replicads = {}
+    if "replicad" in args.tools:
+        found = find_replicad(args.replicad)
+        if found:
+            replicads["replicad"] = found
+    if "replicad-old" in args.tools:
+        replicads["replicad-old"] = find_replicad(args.replicad_old)
+    for tool, exe in (("rsync", "rsync"), ("rsync-HAX", "rsync"), ("cp", "cp"),
+                      ("walk", "find")):
         if tool in args.tools and not shutil.which(exe):
             print(f"run.py: NOTE {exe} not found; skipping {tool}", file=sys.stderr)
             args.tools.remove(tool)
 
     trees = prepare_trees(args, data)
-    bench = Bench(args, data, trees, replicad)
+    bench = Bench(args, data, trees, replicads)
     started = time.time()
     load_before = load_now()
     if "first" in args.scenarios:
@@ -587,10 +744,10 @@ def main(argv=None) -> int:
         for rep in bench.reps.values():
             sh("rm", "-rf", rep)
 
-    rows = summarize(bench.results)
-    info = machine_info(data, replicad)
+    rows = summarize(bench.results, bench.du_src)
+    info = machine_info(data, replicads)
     info["machine load"] = f"at start: {load_before}; at end: {load_now()}"
-    report(args, rows, info, trees, data)
+    report(args, rows, info, trees, data, treecmp.summary(bench.snap("src")))
     out = data / "results" / time.strftime(f"{args.profile}-%Y%m%d-%H%M%S.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({
