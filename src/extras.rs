@@ -37,19 +37,23 @@ pub fn recognise(args: &[std::ffi::OsString]) -> Option<Result<Extra, String>> {
     }
 }
 
-/// Writes the completions or the man page to `out`.
+/// Writes the completions or the man page to `out`. Generated into memory first:
+/// clap_complete panics when its writer fails (a reader that closed the pipe early, as
+/// `| grep -q` does), and a write error must be an error, not a panic.
 pub fn write(extra: Extra, out: &mut dyn Write) -> std::io::Result<()> {
     let mut command = Args::command();
+    let mut text = Vec::new();
     match extra {
         Extra::Completions(shell) => {
-            clap_complete::generate(shell, &mut command, "replicad", out);
-            Ok(())
+            clap_complete::generate(shell, &mut command, "replicad", &mut text);
         }
         Extra::Man => {
-            clap_mangen::Man::new(command.clone()).render(out)?;
-            out.write_all(environment_section(&command).as_bytes())
+            clap_mangen::Man::new(command.clone()).render(&mut text)?;
+            text.extend_from_slice(environment_section(&command).as_bytes());
         }
     }
+    out.write_all(&text)?;
+    out.flush()
 }
 
 /// An ENVIRONMENT section (clap_mangen does not list the variables): each option's

@@ -12,14 +12,20 @@ use replicad::{extras, logging, service};
 fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(extra) = extras::recognise(&argv) {
-        let written = extra.map_err(|usage| usage.to_string()).and_then(|extra| {
-            extras::write(extra, &mut std::io::stdout().lock()).map_err(|e| e.to_string())
-        });
+        let written = match extra {
+            Ok(extra) => extras::write(extra, &mut std::io::stdout().lock()),
+            Err(usage) => {
+                eprintln!("replicad: {usage}");
+                return ExitCode::from(2);
+            }
+        };
         return match written {
             Ok(()) => ExitCode::SUCCESS,
+            // The reader took what it wanted and closed the pipe (`| head`, `| grep -q`).
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("replicad: {e}");
-                ExitCode::from(2)
+                eprintln!("replicad: cannot write to standard output: {e}");
+                ExitCode::from(1)
             }
         };
     }

@@ -44,3 +44,22 @@ fn completions_generate_for_each_shell() {
     bad.assert_code(2);
     assert!(bad.stderr.contains("bash|zsh|fish"), "{bad}");
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_not_a_panic() {
+    // `replicad completions bash | grep -q …` closes the pipe after the first match:
+    // clap_complete panicked on the failed write (exit 101); `.ci/run` tripped on it.
+    for args in [&["completions", "bash"][..], &["man"][..]] {
+        let mut child = std::process::Command::new(crate::support::bin())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stdout.take()); // the reader is gone before a byte is written
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
