@@ -39,9 +39,10 @@ pub enum Op {
     Skip,
 }
 
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Op {
+    /// The operation's name in log lines and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
             Op::Stat => "stat",
             Op::List => "list",
             Op::OpenDir => "open-dir",
@@ -55,7 +56,13 @@ impl fmt::Display for Op {
             Op::Link => "link",
             Op::Sync => "sync",
             Op::Skip => "skip",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

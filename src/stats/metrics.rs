@@ -159,7 +159,7 @@ impl Metrics {
     }
 
     pub(super) fn entry_error(&self, op: Op) {
-        self.entry_errors.get_or_create(&vec![("op", op_name(op))]).inc();
+        self.entry_errors.get_or_create(&vec![("op", op.name())]).inc();
     }
 
     pub(super) fn pass(&self, summary: &PassSummary) {
@@ -190,25 +190,6 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
-    }
-}
-
-/// `Op`'s log name as a `'static` label value.
-fn op_name(op: Op) -> &'static str {
-    match op {
-        Op::Stat => "stat",
-        Op::List => "list",
-        Op::OpenDir => "open-dir",
-        Op::Read => "read",
-        Op::Copy => "copy",
-        Op::Verify => "verify",
-        Op::Create => "create",
-        Op::SetAttrs => "attrs",
-        Op::Remove => "remove",
-        Op::Rename => "rename",
-        Op::Link => "link",
-        Op::Sync => "sync",
-        Op::Skip => "skip",
     }
 }
 

@@ -634,11 +634,9 @@ fn names_beyond_the_replicas_link_limit_are_copied_not_lost() {
     assert!(acted.is_empty(), "the second run acted again: {acted:?}");
 }
 
-#[test]
-fn a_group_whose_replica_file_has_a_name_outside_the_group_still_gets_every_name() {
-    // REPLICA's file also has a name the group no longer accounts for (an excluded name
-    // kept in REPLICA here; a name a stranger made elsewhere, likewise): the file cannot
-    // take more names, so the group moves to a fresh copy instead of failing for ever.
+/// A group `a`, `b`, `c` mirrored once; then, in SOURCE, `c` removed and `d` linked: the
+/// group keeps its size while REPLICA's file still has `c` (until a run removes it).
+fn group_mirrored_then_c_replaced_by_d() -> Tree {
     let t = Tree::new();
     t.file("a", b"shared");
     ln(&t, "a", "b");
@@ -646,6 +644,15 @@ fn a_group_whose_replica_file_has_a_name_outside_the_group_still_gets_every_name
     t.once(&[]).assert_code(0);
     fs::remove_file(t.src().join("c")).unwrap();
     ln(&t, "a", "d");
+    t
+}
+
+#[test]
+fn a_group_whose_replica_file_has_a_name_outside_the_group_still_gets_every_name() {
+    // REPLICA's file also has a name the group no longer accounts for (an excluded name
+    // kept in REPLICA here; a name a stranger made elsewhere, likewise): the file cannot
+    // take more names, so the group moves to a fresh copy instead of failing for ever.
+    let t = group_mirrored_then_c_replaced_by_d();
     let run = t.once(&["--exclude", "/c"]);
     run.assert_code(0);
     assert!(t.dst().join("c").exists(), "the excluded name was touched");
@@ -661,13 +668,7 @@ fn dry_run_matches_the_real_run_when_a_link_is_removed_and_another_made() {
     // The dry run removes nothing, so REPLICA's file still has the removed name's link
     // when the group is settled: that must not make it print a fresh copy the real run
     // (which removed the name first) does not make.
-    let t = Tree::new();
-    t.file("a", b"shared");
-    ln(&t, "a", "b");
-    ln(&t, "a", "c");
-    t.once(&[]).assert_code(0);
-    fs::remove_file(t.src().join("c")).unwrap();
-    ln(&t, "a", "d");
+    let t = group_mirrored_then_c_replaced_by_d();
     let dry = t.once(&["--dry-run"]);
     dry.assert_code(0);
     let real = t.once(&[]);
