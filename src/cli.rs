@@ -92,6 +92,12 @@ pub struct Args {
     #[arg(short = 'x', long, env = "REPLICAD_ONE_FILE_SYSTEM", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub one_file_system: bool,
 
+    /// Where to keep what one run leaves for the next (the mark of the last clean pass,
+    /// which spares re-reading unchanged attributes) [default: $STATE_DIRECTORY, else
+    /// $XDG_STATE_HOME/replicad, else ~/.local/state/replicad].
+    #[arg(long, env = "REPLICAD_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// How many filesystem operations run at once [default: CPU count].
     #[arg(short, long, env = "REPLICAD_JOBS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub jobs: Option<u16>,

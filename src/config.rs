@@ -13,6 +13,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use crate::cli::{Args, LogFormat};
 use crate::error::Fatal;
 use crate::relpath::RelPath;
+use crate::state::{self, Fingerprint, StateFile};
 
 /// Everything replicad needs to run, checked.
 #[derive(Debug)]
@@ -65,6 +66,8 @@ pub struct Config {
     pub xattrs: bool,
     /// Other filesystems mounted inside SOURCE are not descended into.
     pub one_file_system: bool,
+    /// Where the mark of the last clean pass is kept for the next run, if anywhere.
+    pub state: Option<StateFile>,
     /// Where the status endpoint listens, if anywhere.
     pub status_addr: Option<crate::cli::StatusAddr>,
     /// One line per `REPLICAD_*` variable that is set but not read (logged at start).
@@ -99,6 +102,19 @@ impl Config {
                 reason: format!("cannot create it: {e}"),
             })?;
         }
+        let options = [
+            ("xattrs", !args.no_xattrs),
+            ("hard-links", !args.no_hard_links),
+            ("one-file-system", args.one_file_system),
+            ("owners", may_chown()),
+        ];
+        let fingerprint = Fingerprint {
+            source: &source,
+            replica: &replica,
+            exclude_patterns: &patterns,
+            options: &options,
+        };
+        let state = state_file(args.state_dir.as_deref(), &fingerprint)?;
         let jobs = match args.jobs {
             Some(n) => usize::from(n),
             None => std::thread::available_parallelism().map_or(2, usize::from),
@@ -127,6 +143,7 @@ impl Config {
             hard_links: !args.no_hard_links,
             xattrs: !args.no_xattrs,
             one_file_system: args.one_file_system,
+            state,
             status_addr: args.status_addr,
             env_warnings: crate::cli::unknown_env_warnings(std::env::vars_os().map(|(k, _)| k)),
         })
@@ -190,6 +207,37 @@ fn check_log_file(path: &Path, source: &Path, replica: &Path) -> Result<(), Fata
         return Err(refuse("it lies inside the replica, so the next pass would delete it"));
     }
     Ok(())
+}
+
+/// The state file in `--state-dir`, else in the default directory if there is one. A
+/// directory inside SOURCE or REPLICA is refused (mirrored or deleted with every mark);
+/// given one is an error, the default one is silently not used (then every run reads all).
+fn state_file(
+    given: Option<&Path>,
+    fingerprint: &Fingerprint<'_>,
+) -> Result<Option<StateFile>, Fatal> {
+    let (dir, explicit) = match given {
+        Some(dir) => (dir.to_path_buf(), true),
+        None => match state::default_dir() {
+            Some(dir) => (dir, false),
+            None => return Ok(None),
+        },
+    };
+    let fail = |reason: String| Fatal::StateDir { path: dir.clone(), reason };
+    let checked = canonical_to_be(&dir).map_err(|e| fail(e.to_string())).and_then(|canonical| {
+        let chain = existing_ancestor_ids(&canonical);
+        for (root, what) in [(fingerprint.source, "source"), (fingerprint.replica, "replica")] {
+            if canonical.starts_with(root) || file_id(root).is_ok_and(|id| chain.contains(&id)) {
+                return Err(fail(format!("it lies inside the {what}")));
+            }
+        }
+        StateFile::new(&canonical, fingerprint).map_err(|e| fail(e.to_string()))
+    });
+    match checked {
+        Ok(file) => Ok(file),
+        Err(e) if explicit => Err(e),
+        Err(_) => Ok(None),
+    }
 }
 
 fn clamp_verbosity(verbose: u8, quiet: u8) -> i8 {

@@ -249,6 +249,14 @@ pub enum Fatal {
         /// The OS error.
         source: io::Error,
     },
+    /// `--state-dir` cannot be used.
+    #[error("state directory {}: {reason}", Escaped::path(.path))]
+    StateDir {
+        /// The path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Why a guard stopped a pass from changing anything.

@@ -22,6 +22,7 @@
 //! | [`logging`] | the tracing subscriber (stderr + optional file, text or JSON) |
 //! | [`logfmt`] | the text log's fields, quoted so that no name can forge one |
 //! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
+//! | [`state`] | what one run leaves for the next: the mark of the last clean pass |
 //! | [`relpath`] | paths relative to the roots, escaped for display |
 //! | [`bucket`] | the REPLICA side in an S3 bucket (mapping, store requests, quick check); not yet wired to the engine |
 
@@ -40,6 +41,7 @@ pub mod queue;
 pub mod reconcile;
 pub mod relpath;
 pub mod service;
+pub mod state;
 pub mod stats;
 pub mod status;
 pub mod watch;

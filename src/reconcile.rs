@@ -349,6 +349,8 @@ pub struct EngineOptions {
     pub xattrs: bool,
     /// Names sharing an inode in SOURCE share one in REPLICA.
     pub hard_links: bool,
+    /// Keep SOURCE's link index between runs, for event work (a `--once` run has none).
+    pub link_index: bool,
     /// Do not descend into other filesystems mounted inside SOURCE.
     pub one_file_system: bool,
 }
@@ -422,6 +424,7 @@ impl Engine {
             allow_empty_source: config.allow_empty_source,
             xattrs: config.xattrs,
             hard_links: config.hard_links,
+            link_index: config.hard_links && !config.once,
             one_file_system: config.one_file_system,
         };
         Ok(Engine {
@@ -441,7 +444,7 @@ impl Engine {
             caps: CopyCaps::default(),
             xattr_support: XattrSupport::default(),
             links: LinkIndex::default(),
-            horizon: Horizon::new(local_clocks(config)),
+            horizon: Horizon::new(local_clocks(config), config.state.clone()),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
@@ -475,7 +478,7 @@ impl Engine {
 
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
-        let start = Horizon::pass_start();
+        let start = self.horizon.pass_start();
         let report = self.run(|roots, counters| {
             let live = Arc::new(Counters::default());
             *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
@@ -989,7 +992,25 @@ impl Engine {
                 return complete(parent, self, counters);
             }
         };
-        let src_xattrs = match self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_fd.as_fd()))) {
+        // The horizon vouches for an entry only while its directories, on both sides, have
+        // not moved since the last clean pass (a rename of one moves its ctime, not theirs),
+        // and only on SOURCE's own filesystem (one mounted inside it may be stamped by
+        // another machine's clock). The roots cannot move (the guards check who they are
+        // at every run), whatever their ctimes say: the mtime probe touches REPLICA's.
+        let settled = src.dev == self.guard.source_dev()
+            && match &place {
+                Place::Top(rel) => rel.is_root() && dst.is_some(),
+                Place::Child(_) => {
+                    parent.as_ref().is_some_and(|p| p.settled)
+                        && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d))
+                }
+            };
+        // Its own attributes need no look when neither side changed since the last clean
+        // pass (`want: None` leaves REPLICA's as they are when the directory is finalized).
+        let attrs_unchanged =
+            settled && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d));
+        let read = self.xattrs().filter(|_| !attrs_unchanged);
+        let src_xattrs = match read.map(|_| Xattrs::read(Handle::Fd(src_fd.as_fd()))) {
             Some(Err(e)) => {
                 // The directory is still mirrored; its attributes wait for a readable look.
                 let rel = match &place {
@@ -1001,17 +1022,6 @@ impl Engine {
             }
             other => other.and_then(Result::ok),
         };
-        // The horizon vouches for an entry only while its directories, on both sides, have
-        // not moved since the last clean pass (a rename of one moves its ctime, not theirs),
-        // and only on SOURCE's own filesystem (one mounted inside it may be stamped by
-        // another machine's clock).
-        let settled = src.dev == self.guard.source_dev()
-            && match &place {
-                Place::Top(rel) if rel.is_root() => true,
-                Place::Top(_) => false,
-                Place::Child(_) => parent.as_ref().is_some_and(|p| p.settled),
-            }
-            && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d));
         let node = Arc::new(DirNode {
             place,
             src,

@@ -105,7 +105,7 @@ impl Engine {
     /// from the index and from its directory first.
     pub(super) fn settle_links(&self, roots: &LinkRoots, full: bool, counters: &Counters) {
         let groups = std::mem::take(&mut *counters.links.lock());
-        if full {
+        if full && self.opts.link_index {
             let index = groups
                 .iter()
                 .map(|(key, (nlink, names))| {

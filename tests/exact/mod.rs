@@ -685,3 +685,80 @@ fn dry_run_matches_the_real_run_when_a_link_is_removed_and_another_made() {
     t.assert_mirrored();
     assert_links(&t, &["a", "b", "d"]);
 }
+
+// ---- the horizon across runs ------------------------------------------------------------
+
+/// Calls that list an entry's extended attributes in one `--once` run (strace 6.1 names
+/// `listxattrat`, syscall 465, only by number).
+fn attribute_listings(t: &Tree, state: &Path) -> usize {
+    let trace = t.base().join("strace.out");
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(crate::support::bin())
+        .args(["--once", "-q", "--state-dir"])
+        .arg(state)
+        .arg(t.src())
+        .arg(t.dst())
+        .status()
+        .expect("run strace (apt-get install strace; .ci/run installs it)");
+    assert!(status.success(), "replicad under strace failed: {status}");
+    let out = fs::read_to_string(&trace).expect("read the trace");
+    out.lines().filter(|l| l.contains("syscall_0x1d1(") || l.contains("listxattr(")).count()
+}
+
+/// Waits until the wall clock is `secs` past now: the horizon keeps a margin of 2 s, so
+/// entries must be older than that for a pass to vouch for them.
+fn let_the_clock_pass(secs: u64) {
+    let until = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+    let passed = wait_until(std::time::Duration::from_secs(secs + 5), || {
+        std::time::SystemTime::now() >= until
+    });
+    assert!(passed, "the clock did not move");
+}
+
+#[test]
+fn a_later_once_run_skips_unchanged_attributes_yet_sees_every_change() {
+    // The mark of the last clean pass is kept in the state directory: the next `--once`
+    // reads no attributes of entries whose ctimes (and their directories') lie before it,
+    // and a change on either side still moves a ctime past it.
+    let t = attributed_tree();
+    for i in 0..20 {
+        t.file(format!("many/f{i}"), b"x");
+        setfattr(&t.src().join(format!("many/f{i}")), "user.n", &i.to_string());
+    }
+    let state = t.base().join("state");
+    let state_arg = state.to_string_lossy().into_owned();
+    t.once(&["--state-dir", &state_arg]).assert_code(0);
+    let_the_clock_pass(3);
+    // Marks a clean pass that started after every copy's ctime.
+    let first = attribute_listings(&t, &state);
+    assert!(first >= 2 * 20, "precondition: strace saw the listings ({first} calls)");
+    let again = attribute_listings(&t, &state);
+    // Directories are always read (root, bin, shared, many: both sides).
+    assert!(again <= 2 * 4, "{again} listings in a run after a clean one (first: {first})");
+    t.assert_mirrored();
+    // Changes on both sides, behind the mark.
+    setfattr(&t.dst().join("many/f3"), "user.planted", "by a stranger");
+    setfattr(&t.src().join("many/f7"), "user.n", "seven");
+    tool("setfattr", &["-x", "user.origin", &t.src().join("f").to_string_lossy()]);
+    t.once(&["--state-dir", &state_arg]).assert_code(0);
+    t.assert_mirrored();
+    assert_attrs_by_tools(&t);
+    // Another configuration does not trust the mark.
+    let other = attribute_listings(&t, &t.base().join("other-state"));
+    assert!(other >= 2 * 20, "a fresh state directory skipped reads ({other} calls)");
+}
+
+#[test]
+fn a_state_dir_inside_source_or_replica_is_refused() {
+    let t = Tree::new();
+    t.file("f", b"x");
+    for root in [t.src(), t.dst()] {
+        fs::create_dir_all(root).unwrap();
+        let inside = root.join("state");
+        let run = t.once(&["--state-dir", &inside.to_string_lossy()]);
+        run.assert_code(1);
+        assert!(run.stderr.contains("state directory"), "no clear line:\n{}", run.stderr);
+    }
+}

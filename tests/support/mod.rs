@@ -1367,7 +1367,8 @@ pub fn wrapper(program: &str) -> assert_cmd::Command {
 
 /// The environment variables replicad reads besides its own `REPLICAD_*` (all of which
 /// are cleared too); a developer's values must not leak into tests.
-const OWN_ENV: [&str; 3] = ["RUST_LOG", "NOTIFY_SOCKET", "WATCHDOG_USEC"];
+const OWN_ENV: [&str; 6] =
+    ["RUST_LOG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "STATE_DIRECTORY", "XDG_STATE_HOME", "HOME"];
 
 /// Every variable of this process that replicad would read.
 fn own_env() -> Vec<OsString> {

@@ -1,0 +1,173 @@
+//! What one run leaves for the next: the mark of the last clean full pass (the xattr
+//! horizon, see `reconcile::horizon`), so that a `--once` from cron or a restarted service
+//! need not read every extended attribute again when nothing moved since.
+//!
+//! One small file per SOURCE/REPLICA pair in the state directory (`--state-dir`, else
+//! systemd's `$STATE_DIRECTORY`, else `$XDG_STATE_HOME/replicad`, else
+//! `~/.local/state/replicad`). A mark is only believed when everything that decided what
+//! the marking pass compared is still the same — the fingerprint: both roots (path, device,
+//! inode), the excludes, the options that change what is compared, the user, the version —
+//! and when the file is ours (owned by this user, writable by no one else). A lost, stale
+//! or foreign file only costs one slower pass; it can never make a pass skip work it must do.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+
+/// Format of the file; a different one is ignored (and overwritten).
+const FORMAT: u32 = 1;
+
+/// The clocks when a clean full pass started, and the boot they belong to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    /// Wall clock, ns since the epoch.
+    pub wall_ns: i64,
+    /// `CLOCK_BOOTTIME`, ns: with `wall_ns`, shows whether the wall clock was stepped since.
+    pub boot_ns: i64,
+    /// The kernel's boot id: `boot_ns` means nothing across a reboot.
+    pub boot_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    format: u32,
+    fingerprint: String,
+    mark: Mark,
+}
+
+/// The state file of one SOURCE/REPLICA pair under one configuration.
+#[derive(Clone, Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    fingerprint: String,
+}
+
+/// What makes two runs compare the same things, fed to [`StateFile::new`].
+pub struct Fingerprint<'a> {
+    /// SOURCE, canonical.
+    pub source: &'a Path,
+    /// REPLICA, canonical.
+    pub replica: &'a Path,
+    /// `--exclude` patterns, as given.
+    pub exclude_patterns: &'a [String],
+    /// Options that change what a pass compares, by name (`"xattrs"`, `"x"`, …).
+    pub options: &'a [(&'static str, bool)],
+}
+
+impl StateFile {
+    /// The state file for this pair in `dir` (created 0700 if missing). `None` when a root
+    /// cannot be looked at (REPLICA not there yet: nothing to remember).
+    pub fn new(dir: &Path, f: &Fingerprint<'_>) -> io::Result<Option<StateFile>> {
+        let (Ok(source), Ok(replica)) = (fs::metadata(f.source), fs::metadata(f.replica)) else {
+            return Ok(None);
+        };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let mut pair = Md5::new();
+        for root in [f.source, f.replica] {
+            pair.update(root.as_os_str().as_encoded_bytes());
+            pair.update([0]);
+        }
+        let mut all = pair.clone();
+        for (dev, ino) in [(source.dev(), source.ino()), (replica.dev(), replica.ino())] {
+            all.update(dev.to_le_bytes());
+            all.update(ino.to_le_bytes());
+        }
+        for pattern in f.exclude_patterns {
+            all.update(pattern.as_bytes());
+            all.update([0]);
+        }
+        for (name, on) in f.options {
+            all.update(name.as_bytes());
+            all.update([u8::from(*on)]);
+        }
+        all.update(rustix::process::geteuid().as_raw().to_le_bytes());
+        all.update(env!("CARGO_PKG_VERSION").as_bytes());
+        let path = dir.join(format!("horizon-{}.json", hex(&pair.finalize())));
+        Ok(Some(StateFile { path, fingerprint: hex(&all.finalize()) }))
+    }
+
+    /// Where the mark is kept.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The mark left by an earlier run under the same fingerprint, if the file is ours.
+    pub fn load(&self) -> Option<Mark> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path)
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        let ours = meta.is_file()
+            && meta.uid() == rustix::process::geteuid().as_raw()
+            && meta.mode() & 0o022 == 0;
+        if !ours {
+            return None;
+        }
+        let stored: Stored = serde_json::from_reader(io::BufReader::new(file.take(4096))).ok()?;
+        (stored.format == FORMAT && stored.fingerprint == self.fingerprint).then_some(stored.mark)
+    }
+
+    /// Replaces the mark (temp file + rename: a crash leaves the old one or the new one).
+    pub fn save(&self, mark: &Mark) -> io::Result<()> {
+        let stored =
+            Stored { format: FORMAT, fingerprint: self.fingerprint.clone(), mark: mark.clone() };
+        let text = serde_json::to_vec(&stored).map_err(io::Error::other)?;
+        let temp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let write = || -> io::Result<()> {
+            let mut file: File = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&temp)?;
+            file.write_all(&text)?;
+            fs::rename(&temp, &self.path)
+        };
+        write().inspect_err(|_| {
+            let _ = fs::remove_file(&temp);
+        })
+    }
+}
+
+/// The state directory when none is given: systemd's, else the XDG one.
+pub fn default_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dirs) = var("STATE_DIRECTORY") {
+        // systemd lists one directory per `StateDirectory=` entry, colon-separated.
+        let first = dirs.as_os_str().as_bytes().split(|b| *b == b':').next()?;
+        return Some(PathBuf::from(OsStr::from_bytes(first)));
+    }
+    var("XDG_STATE_HOME")
+        .filter(|p| p.is_absolute())
+        .or_else(|| var("HOME").map(|h| h.join(".local/state")))
+        .map(|p| p.join("replicad"))
+}
+
+/// The wall clock and the boot clock now, for a [`Mark`].
+pub fn now(boot_id: &str) -> Mark {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    let boot = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let boot_ns = boot.tv_sec.saturating_mul(1_000_000_000).saturating_add(boot.tv_nsec);
+    Mark { wall_ns: wall, boot_ns, boot_id: boot_id.to_owned() }
+}
+
+/// This boot's id (empty if the kernel does not say: then no mark survives the process).
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
