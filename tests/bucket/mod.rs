@@ -6,6 +6,7 @@
 //! that call the module's API the way the engine will: one put per entry, then
 //! `finish_pass`.
 
+mod cluster;
 mod comparer;
 mod measure;
 mod roundtrip;

@@ -39,12 +39,12 @@ pub struct Garage {
 }
 
 /// A free TCP port on loopback (bound, read, released: Garage binds it next).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
 
-fn hex(n: usize, seed: u64) -> String {
+pub(crate) fn hex(n: usize, seed: u64) -> String {
     // Unique enough per test process and call; no cryptographic need (loopback only).
     let mut x = seed ^ 0x9e37_79b9_7f4a_7c15;
     (0..n)
@@ -57,7 +57,7 @@ fn hex(n: usize, seed: u64) -> String {
         .collect()
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

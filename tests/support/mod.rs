@@ -28,6 +28,7 @@ use walkdir::WalkDir;
 
 pub mod bucket;
 pub mod garage;
+pub mod garage_cluster;
 pub mod mounts;
 
 /// Hard bound on one `--once` run: a hang fails the test in seconds, not never.
