@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{info, warn};
 
-use super::{Action, Counters, Engine, Item, c_name, open_path_at};
+use super::Engine;
+use super::decide::{Action, Item};
+use super::names::{c_name, open_path_at};
+use super::report::Counters;
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, Op};
 use crate::ops;
