@@ -10,6 +10,7 @@
 //! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s; raw events noted so no merged-away name is lost |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
 //! | [`engine`] | the engine: walk both sides, `decide` (pure), then apply through the replica seam, as tasks on one pool of `--jobs` threads |
+//! | [`replica`] | the REPLICA side as one seam (the `Replica` trait): the local, fd-relative implementation; the bucket next |
 //! | [`status`] | the HTTP status endpoint: probes, Prometheus metrics, JSON and a page |
 //! | [`stats`] | what the service knows of itself (counters, lag, in-sync time, last errors), for the status endpoint |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
@@ -39,6 +40,7 @@ pub mod logging;
 pub mod ops;
 pub mod queue;
 pub mod relpath;
+pub mod replica;
 pub mod service;
 pub mod stats;
 pub mod status;

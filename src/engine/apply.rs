@@ -16,19 +16,20 @@ use tracing::{debug, info, warn};
 
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, EntryErrorKind, Op};
-use crate::ops::{self, Handle, Making, Xattrs};
+use crate::ops;
 use crate::relpath::RelPath;
+use crate::replica::{Copying, Removal, Replica};
 
 use super::Engine;
 use super::decide::{Action, Item};
 use super::report::Counters;
 
-impl Engine {
+impl<R: Replica> Engine<R> {
     /// Carries out one non-directory decision (and removals of directories).
     pub(super) fn apply(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         dir_rel: &RelPath,
         item: Item,
         counters: &Counters,
@@ -42,7 +43,7 @@ impl Engine {
     pub(super) fn apply_inner(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         rel: &RelPath,
         item: &Item,
         counters: &Counters,
@@ -96,7 +97,7 @@ impl Engine {
     pub(super) fn apply_attrs(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         rel: &RelPath,
         src: &Entry,
@@ -107,7 +108,9 @@ impl Engine {
         let mut want = None;
         if let (Some(support), Some(dir)) = (self.xattrs(), dst_dir) {
             let source = self.source_xattrs(src_dir, name, rel)?.unwrap_or_default();
-            let have = Xattrs::read(Handle::At(dir.as_fd(), name))
+            let have = self
+                .replica
+                .read_xattrs(dir, Some(name))
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
             if dst.kind == Kind::File && source.grants_security(&have, support) {
                 // Not in place: the bytes may not be the ones replicad copied.
@@ -124,14 +127,14 @@ impl Engine {
             }
             let changes = source.changes(&have, support);
             (diff.xattrs, diff.acl) = (changes.xattrs, changes.acl);
-            want = Some((source, support));
+            want = Some(source);
         }
         if diff.is_empty() {
             return Ok(());
         }
         if let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) {
-            let xattrs = want.as_ref().map(|(w, s)| (w, *s));
-            ops::set_attrs_at(dir.as_fd(), name, self.expect(src, dst), src, diff, xattrs)
+            self.replica
+                .set_attrs(dir, name, self.expect(src, dst), src, diff, want.as_ref())
                 .map_err(|e| EntryError::io(Op::SetAttrs, rel, e))?;
         }
         self.log_attrs(rel, diff);
@@ -144,7 +147,7 @@ impl Engine {
     /// excluded entries (it was emptied of the rest).
     pub(super) fn remove_entry(
         &self,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         rel: &RelPath,
         dst: &Entry,
@@ -162,7 +165,7 @@ impl Engine {
             return Ok(true);
         }
         if dst.kind != Kind::Dir {
-            match ops::remove_file(dir, name) {
+            match self.replica.remove_file(dir, name) {
                 // Already gone (someone else removed it): what this removal wanted.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
                 other => other.map_err(|e| EntryError::io(Op::Remove, rel, e))?,
@@ -176,7 +179,7 @@ impl Engine {
             self.progress.fetch_add(1, Ordering::Relaxed);
             self.cancel.is_cancelled()
         };
-        let rules = ops::Removal {
+        let rules = Removal {
             keep: self.excludes_any().then_some(&excluded as _),
             boundary: &|e: &Entry| e.mount_root || self.untouchable(e),
             own: &|dev, ino| self.own_files.contains(&(dev, ino)),
@@ -184,7 +187,9 @@ impl Engine {
             dry_run: self.opts.dry_run,
         };
         debug!(path = %rel, "removing a directory tree");
-        let removed = ops::remove_tree(dir.as_fd(), name, rel, &rules)
+        let removed = self
+            .replica
+            .remove_tree(dir, name, rel, &rules)
             .map_err(|e| EntryError::io(Op::Remove, rel, e))?;
         for inner in &removed.boundaries {
             self.record(counters, EntryError::new(Op::Remove, inner, EntryErrorKind::Boundary));
@@ -208,7 +213,7 @@ impl Engine {
     /// Removes whatever REPLICA has at `name` so that SOURCE's entry can take its place.
     pub(super) fn make_way(
         &self,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         rel: &RelPath,
         dst: &Entry,
@@ -229,7 +234,7 @@ impl Engine {
     pub(super) fn create_entry(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         rel: &RelPath,
         src: &Entry,
@@ -271,29 +276,31 @@ impl Engine {
                             _ => EntryError::source(Op::Read, rel, e),
                         })?;
                     let xattrs = self.source_xattrs(src_dir, name, rel)?;
-                    let how = self.making(xattrs.as_ref());
-                    ops::make_symlink(dir.as_fd(), name, &target, src, &how)
+                    self.replica
+                        .make_symlink(dir, name, &target, src, xattrs.as_ref())
                         .map_err(|e| EntryError::io(Op::Create, rel, e))?;
                 }
                 replaced();
                 info!(action = %"create", path = %rel, kind = %"symlink");
                 Counters::bump(&counters.create, 1);
             }
+            Kind::Fifo | Kind::CharDevice | Kind::BlockDevice
+                if !self.replica.caps().special_files =>
+            {
+                return self.skip_entry(dst_dir, name, rel, dst, counters, || {
+                    warn!(path = %rel, kind = %src.kind.name(), "skipped: the replica cannot hold FIFOs or device nodes (said once per path)");
+                });
+            }
             Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => {
                 if let Some(dir) = dst_dir {
                     let xattrs = self.source_xattrs(src_dir, name, rel)?;
-                    match ops::make_special(dir.as_fd(), name, src, &self.making(xattrs.as_ref())) {
+                    match self.replica.make_special(dir, name, src, xattrs.as_ref()) {
                         Err(e)
                             if e.raw_os_error() == Some(libc::EPERM) && src.kind != Kind::Fifo =>
                         {
-                            if let Some(dst) = dst {
-                                self.make_way(Some(dir), name, rel, dst, counters)?;
-                            }
-                            if self.first_skip(rel) {
+                            return self.skip_entry(Some(dir), name, rel, dst, counters, || {
                                 warn!(path = %rel, kind = %src.kind.name(), error = %e, "skipped: this process may not create device nodes (needs CAP_MKNOD; said once per path)");
-                            }
-                            Counters::bump(&counters.skipped, 1);
-                            return Ok(());
+                            });
                         }
                         other => other.map_err(|e| EntryError::io(Op::Create, rel, e))?,
                     }
@@ -307,12 +314,25 @@ impl Engine {
         Ok(())
     }
 
-    pub(super) fn making<'a>(&'a self, xattrs: Option<&'a Xattrs>) -> Making<'a> {
-        Making {
-            chown: self.opts.copy.chown,
-            temp_names: &self.temp_names,
-            xattrs: xattrs.zip(self.xattrs()),
+    /// Leaves SOURCE's entry at `name` unmirrored: whatever REPLICA has there is stale and
+    /// goes; `say` warns, once per path.
+    fn skip_entry(
+        &self,
+        dst_dir: Option<&R::Dir>,
+        name: &CStr,
+        rel: &RelPath,
+        dst: Option<&Entry>,
+        counters: &Counters,
+        say: impl FnOnce(),
+    ) -> Result<(), EntryError> {
+        if let Some(dst) = dst {
+            self.make_way(dst_dir, name, rel, dst, counters)?;
         }
+        if self.first_skip(rel) {
+            say();
+        }
+        Counters::bump(&counters.skipped, 1);
+        Ok(())
     }
 
     /// Copies a file; when it changed during the copy, tries again a couple of times with
@@ -320,7 +340,7 @@ impl Engine {
     pub(super) fn copy_with_retries(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: &OwnedFd,
+        dst_dir: &R::Dir,
         name: &CStr,
         rel: &RelPath,
         counters: &Counters,
@@ -333,15 +353,8 @@ impl Engine {
         };
         let mut attempt = 0;
         loop {
-            let ctx = ops::CopyContext {
-                temp_names: &self.temp_names,
-                opts: self.opts.copy,
-                caps: &self.caps,
-                md5_cache: self.md5.as_ref(),
-                cancelled: &cancelled,
-                xattrs: self.xattrs(),
-            };
-            let result = ops::copy_file(src_dir.as_fd(), dst_dir.as_fd(), name, &ctx);
+            let how = Copying { md5_cache: self.md5.as_ref(), cancelled: &cancelled };
+            let result = self.replica.copy_file(src_dir.as_fd(), dst_dir, name, &how);
             match result {
                 Err(EntryErrorKind::ChangedDuringCopy)
                     if attempt < PAUSES_MS.len() && !cancelled() =>
@@ -370,7 +383,7 @@ impl Engine {
     pub(super) fn same_content(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         rel: &RelPath,
         src: &Entry,
@@ -386,10 +399,11 @@ impl Engine {
         let a = rustix::fs::openat(src_dir, name, flags, Mode::empty())
             .map_err(|e| EntryError::source(Op::Read, rel, e))
             .and_then(|fd| md5(fd, src).map_err(|e| EntryError::io(Op::Read, rel, e)))?;
-        // The replica side is opened only once it is known to be the file decided on (a
+        // The replica side is read only once it is known to be the file decided on (a
         // device node renamed onto the name must not even be opened).
-        let b = ops::open_pinned_for_reading(dst_dir.as_fd(), name, self.expect(src, dst))
-            .and_then(|fd| md5(fd, dst))
+        let b = self
+            .replica
+            .md5(dst_dir, name, dst, self.expect(src, dst), cache, &cancelled)
             .map_err(|e| EntryError::io(Op::Read, rel, e))?;
         Ok(a == b)
     }

@@ -17,17 +17,17 @@ use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, Op};
 use crate::ops::{self, Handle, XattrChanges, Xattrs};
 use crate::relpath::RelPath;
+use crate::replica::Replica;
 
 use super::Engine;
-use super::look::is_dir_at;
 use super::names::RelSource;
 use super::report::Counters;
 
 /// How a directory job gets its descriptors.
-pub(super) enum Opening {
+pub(super) enum Opening<D> {
     /// Already open (the roots). The replica side may be absent in a dry run; `fresh`:
     /// REPLICA's root was made by this run.
-    Root { src: OwnedFd, dst: Option<OwnedFd>, fresh: bool },
+    Root { src: OwnedFd, dst: Option<D>, fresh: bool },
     /// The directory `name`, opened from the parent's SOURCE descriptor (held only until
     /// the child is open, so descriptors stay proportional to depth, not to width).
     Child { src_parent: Arc<OwnedFd>, name: CString },
@@ -43,8 +43,9 @@ pub(super) enum Place {
 }
 
 /// A directory being reconciled: its attributes are set when `pending` (its listing plus
-/// its queued children) drops to zero, then its parent is told.
-pub(super) struct DirNode {
+/// its queued children) drops to zero, then its parent is told. `D`: an open REPLICA
+/// directory.
+pub(super) struct DirNode<D> {
     pub(super) place: Place,
     pub(super) src: Entry,
     /// SOURCE's extended attributes, read when it was listed (`None`: not mirrored).
@@ -53,19 +54,19 @@ pub(super) struct DirNode {
     /// clean pass (see `horizon`); never for event work, which starts below the root.
     pub(super) settled: bool,
     pub(super) dst_before: Option<Entry>,
-    pub(super) dst_fd: Option<OwnedFd>,
+    pub(super) dst_fd: Option<D>,
     pub(super) created: bool,
     pub(super) finalize: bool,
     pub(super) pending: AtomicUsize,
-    pub(super) parent: Option<Arc<DirNode>>,
+    pub(super) parent: Option<Arc<DirNode<D>>>,
 }
 
 /// The relative path of the directory `name` under `parent`.
-pub(super) fn child_rel(parent: Option<&DirNode>, name: &CStr) -> RelPath {
+pub(super) fn child_rel<D>(parent: Option<&DirNode<D>>, name: &CStr) -> RelPath {
     parent.map(DirNode::rel).unwrap_or_default().join(OsStr::from_bytes(name.to_bytes()))
 }
 
-impl DirNode {
+impl<D> DirNode<D> {
     /// This directory's path, rebuilt from the names up the parent chain (only needed for
     /// log lines and errors).
     pub(super) fn rel(&self) -> RelPath {
@@ -97,7 +98,7 @@ impl DirNode {
 
     /// A parent for event work below it: provides its replica descriptor; its attributes
     /// are handled by the caller.
-    pub(super) fn detached(rel: RelPath, dst_fd: Option<OwnedFd>) -> Arc<DirNode> {
+    pub(super) fn detached(rel: RelPath, dst_fd: Option<D>) -> Arc<DirNode<D>> {
         let placeholder = Entry {
             kind: Kind::Dir,
             mode: 0,
@@ -128,7 +129,7 @@ impl DirNode {
     }
 }
 
-impl Drop for DirNode {
+impl<D> Drop for DirNode<D> {
     /// Unlinks the parent chain iteratively: a cancelled pass can drop a node 10,000 levels
     /// deep, and the default recursive drop would use one stack frame per level.
     fn drop(&mut self) {
@@ -143,7 +144,11 @@ impl Drop for DirNode {
 }
 
 /// One unit of a node's work is done; finalize every ancestor whose work is now complete.
-pub(super) fn complete(mut node: Option<Arc<DirNode>>, engine: &Engine, counters: &Counters) {
+pub(super) fn complete<R: Replica>(
+    mut node: Option<Arc<DirNode<R::Dir>>>,
+    engine: &Engine<R>,
+    counters: &Counters,
+) {
     while let Some(n) = node {
         if n.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
@@ -153,16 +158,16 @@ pub(super) fn complete(mut node: Option<Arc<DirNode>>, engine: &Engine, counters
     }
 }
 
-impl Engine {
+impl<R: Replica> Engine<R> {
     pub(super) fn open_child_dir(
         &self,
         src_parent: &OwnedFd,
-        parent: Option<&DirNode>,
+        parent: Option<&DirNode<R::Dir>>,
         name: &CStr,
         rel: &dyn RelSource,
         dst: Option<&Entry>,
         counters: &Counters,
-    ) -> Result<(OwnedFd, Option<OwnedFd>, bool), EntryError> {
+    ) -> Result<(OwnedFd, Option<R::Dir>, bool), EntryError> {
         let fail = |op, e| EntryError::io(op, &rel.rel(), e);
         let src_fd = ops::open_dir_at(src_parent, name)
             .map_err(|e| EntryError::source(Op::OpenDir, &rel.rel(), e))?;
@@ -180,30 +185,34 @@ impl Engine {
             if !exists {
                 logged_create();
             }
-            let dst_fd =
-                if exists { dst_parent.and_then(|p| ops::open_dir_at(p, name).ok()) } else { None };
+            let dst_fd = if exists {
+                dst_parent.and_then(|p| self.replica.open_dir(p, name).ok())
+            } else {
+                None
+            };
             return Ok((src_fd, dst_fd, !exists));
         };
         let mut created = false;
         if !exists {
-            match ops::make_dir(dst_parent, name) {
+            match self.replica.make_dir(dst_parent, name) {
                 Ok(()) => {
                     created = true;
                     logged_create();
                 }
                 // Another piece of work made it a moment ago (events on two children).
                 Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists && is_dir_at(dst_parent, name) => {}
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        && self.is_dir_in(dst_parent, name) => {}
                 Err(e) => return Err(fail(Op::Create, e)),
             }
         }
-        let dst_fd = ops::open_dir_at(dst_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
+        let dst_fd = self.replica.open_dir(dst_parent, name).map_err(|e| fail(Op::OpenDir, e))?;
         Ok((src_fd, Some(dst_fd), created))
     }
 
     /// Sets a finished directory's attributes (its children are final, so nothing will
     /// bump its mtime again in this pass).
-    pub(super) fn finalize_dir(&self, node: &DirNode, counters: &Counters) {
+    pub(super) fn finalize_dir(&self, node: &DirNode<R::Dir>, counters: &Counters) {
         if !node.finalize || self.cancel.is_cancelled() {
             return;
         }
@@ -214,13 +223,13 @@ impl Engine {
             before.map(|b| node.src.attr_diff(b, self.rules().owners, &self.rules().mtimes));
         let apply = !self.opts.dry_run;
         if let Some(dst_fd) = &node.dst_fd {
-            let result = Entry::stat_fd(dst_fd).and_then(|now| {
+            let result = self.replica.stat_dir(dst_fd).and_then(|now| {
                 let diff = node.src.attr_diff(&now, self.rules().owners, &self.rules().mtimes);
                 // Children never change a directory's attributes: what differs now, differed.
                 // Set before the mode: user.* needs write permission on the directory.
                 let changes = self.dir_xattrs(node.src_xattrs.as_ref(), dst_fd, apply)?;
                 if apply && !diff.is_empty() {
-                    ops::set_attrs_fd(dst_fd, &node.src, diff)?;
+                    self.replica.set_dir_attrs(dst_fd, &node.src, diff)?;
                 }
                 Ok(changes)
             });
@@ -246,7 +255,7 @@ impl Engine {
     pub(super) fn fix_dir_attrs(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: &OwnedFd,
+        dst_dir: &R::Dir,
         rel: &RelPath,
         counters: &Counters,
     ) {
@@ -254,14 +263,14 @@ impl Engine {
             return;
         }
         let result = Entry::stat_fd(src_dir).and_then(|src| {
-            let dst = Entry::stat_fd(dst_dir)?;
+            let dst = self.replica.stat_dir(dst_dir)?;
             let diff = src.attr_diff(&dst, self.rules().owners, &self.rules().mtimes);
             // Attributes before the mode: user.* needs write permission on the directory.
             let want =
                 self.xattrs().map(|_| Xattrs::read(Handle::Fd(src_dir.as_fd()))).transpose()?;
             self.dir_xattrs(want.as_ref(), dst_dir, true)?;
             if !diff.is_empty() {
-                ops::set_attrs_fd(dst_dir, &src, diff)?;
+                self.replica.set_dir_attrs(dst_dir, &src, diff)?;
             }
             Ok(())
         });
@@ -275,16 +284,16 @@ impl Engine {
     pub(super) fn dir_xattrs(
         &self,
         want: Option<&Xattrs>,
-        dst_fd: &OwnedFd,
+        dst_fd: &R::Dir,
         apply: bool,
     ) -> io::Result<XattrChanges> {
         let (Some(want), Some(support)) = (want, self.xattrs()) else {
             return Ok(XattrChanges::default());
         };
-        let have = Xattrs::read(Handle::Fd(dst_fd.as_fd()))?;
+        let have = self.replica.read_xattrs(dst_fd, None)?;
         let changes = want.changes(&have, support);
         if apply && changes != XattrChanges::default() {
-            want.apply(Handle::Fd(dst_fd.as_fd()), &have, support)?;
+            self.replica.set_dir_xattrs(dst_fd, want, &have)?;
         }
         Ok(changes)
     }

@@ -13,19 +13,18 @@ use tracing::{debug, info};
 
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, Op};
-use crate::guard::OpenRoots;
-use crate::ops::{self};
+use crate::ops;
 use crate::relpath::RelPath;
+use crate::replica::{Replica, Roots};
 
 use super::Engine;
 use super::decide::{Action, Item};
 use super::dirs::{DirNode, Opening};
-use super::look::{is_dir_at, read_link_pair};
 use super::names::{c_name, dup, open_path_at};
 use super::report::Counters;
 use super::walk::{DirJob, Work};
 
-impl Engine {
+impl<R: Replica> Engine<R> {
     /// Opens the directories down to `rel`'s parent on both sides, then reconciles `rel`.
     /// A piece of event work changes nothing above its own path but for creating missing
     /// directories on the way (idempotent: a sibling's work may do the same at once). Where
@@ -34,7 +33,7 @@ impl Engine {
     /// there, that directory's own event replaces it. Two works never touch one path.
     pub(super) fn reconcile_below_root(
         &self,
-        roots: &OpenRoots,
+        roots: &Roots<R::Dir>,
         rel: &RelPath,
         recursive: bool,
         counters: &Counters,
@@ -49,7 +48,8 @@ impl Engine {
         }
         // Only a dry run has no replica root, and a dry run is a single full pass.
         let Some(dst_root) = &roots.dst else { return };
-        let (mut src_fd, mut dst_fd) = match (dup(&roots.src), dup(dst_root)) {
+        let (mut src_fd, mut dst_fd) = match (dup(&roots.src), self.replica.try_clone_dir(dst_root))
+        {
             (Ok(s), Ok(d)) => (s, d),
             (Err(e), _) | (_, Err(e)) => {
                 return self.record(counters, EntryError::io(Op::OpenDir, &RelPath::root(), e));
@@ -66,7 +66,7 @@ impl Engine {
             }
             let cname = c_name(name);
             let Ok(src_dir) = ops::open_dir_at(&src_fd, &cname) else { return };
-            let (dst_dir, created) = match ops::open_dir_at(&dst_fd, &cname) {
+            let (dst_dir, created) = match self.replica.open_dir(&dst_fd, &cname) {
                 Ok(d) => (d, false),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     match self.make_dir_on_the_way(&dst_fd, &cname, &child, counters) {
@@ -76,7 +76,7 @@ impl Engine {
                 }
                 Err(_) => return,
             };
-            let ids = (Entry::stat_fd(&src_dir), Entry::stat_fd(&dst_dir));
+            let ids = (Entry::stat_fd(&src_dir), self.replica.stat_dir(&dst_dir));
             let (Ok(src_entry), Ok(dst_entry)) = ids else { return };
             if self.at_boundary(Some(&src_entry), Some(&dst_entry), &child)
                 || self.other_filesystem(&src_entry, false)
@@ -84,7 +84,7 @@ impl Engine {
                 return;
             }
             if created {
-                match (dup(&src_dir), dup(&dst_dir)) {
+                match (dup(&src_dir), self.replica.try_clone_dir(&dst_dir)) {
                     (Ok(s), Ok(d)) => made.push((s, d, child.clone())),
                     (Err(e), _) | (_, Err(e)) => {
                         return self.record(counters, EntryError::io(Op::OpenDir, &child, e));
@@ -106,14 +106,16 @@ impl Engine {
     /// earlier is fine.
     pub(super) fn make_dir_on_the_way(
         &self,
-        parent: &OwnedFd,
+        parent: &R::Dir,
         name: &CStr,
         rel: &RelPath,
         counters: &Counters,
-    ) -> Option<(OwnedFd, bool)> {
-        let created = match ops::make_dir(parent, name) {
+    ) -> Option<(R::Dir, bool)> {
+        let created = match self.replica.make_dir(parent, name) {
             Ok(()) => true,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_dir_at(parent, name) => false,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.is_dir_in(parent, name) => {
+                false
+            }
             Err(e) => {
                 self.record(counters, EntryError::io(Op::Create, rel, e));
                 return None;
@@ -123,7 +125,7 @@ impl Engine {
             info!(action = %"create", path = %rel, kind = %"dir");
             Counters::bump(&counters.create, 1);
         }
-        match ops::open_dir_at(parent, name) {
+        match self.replica.open_dir(parent, name) {
             Ok(fd) => Some((fd, created)),
             Err(e) => {
                 self.record(counters, EntryError::io(Op::OpenDir, rel, e));
@@ -137,7 +139,7 @@ impl Engine {
     pub(super) fn reconcile_one(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: &OwnedFd,
+        dst_dir: &R::Dir,
         dir_rel: &RelPath,
         rel: &RelPath,
         recursive: bool,
@@ -164,12 +166,13 @@ impl Engine {
         let fresh_dir = !matches!(&dst, Some(d) if d.kind == Kind::Dir);
         match (action, src) {
             (Action::Descend, Some(src)) if recursive || fresh_dir => {
-                let (src_parent, dst_parent) = match (dup(src_dir), dup(dst_dir)) {
-                    (Ok(s), Ok(d)) => (s, d),
-                    (Err(e), _) | (_, Err(e)) => {
-                        return self.record(counters, EntryError::io(Op::OpenDir, dir_rel, e));
-                    }
-                };
+                let (src_parent, dst_parent) =
+                    match (dup(src_dir), self.replica.try_clone_dir(dst_dir)) {
+                        (Ok(s), Ok(d)) => (s, d),
+                        (Err(e), _) | (_, Err(e)) => {
+                            return self.record(counters, EntryError::io(Op::OpenDir, dir_rel, e));
+                        }
+                    };
                 let parent = DirNode::detached(dir_rel.clone(), Some(dst_parent));
                 let open = Opening::Child { src_parent: Arc::new(src_parent), name };
                 let job = DirJob { src, dst, open, parent: Some(parent) };
@@ -196,7 +199,7 @@ impl Engine {
 
     pub(super) fn try_rename(
         &self,
-        roots: &OpenRoots,
+        roots: &Roots<R::Dir>,
         from: &RelPath,
         to: &RelPath,
         counters: &Counters,
@@ -213,8 +216,8 @@ impl Engine {
         let opened = (
             open_path_at(&roots.src, &from_parent),
             open_path_at(&roots.src, &to_parent),
-            open_path_at(dst_root, &from_parent),
-            open_path_at(dst_root, &to_parent),
+            self.open_replica_path(dst_root, &from_parent),
+            self.open_replica_path(dst_root, &to_parent),
         );
         let (Ok(src_from_dir), Ok(src_to_dir), Ok(dst_from_dir), Ok(dst_to_dir)) = opened else {
             return;
@@ -222,8 +225,8 @@ impl Engine {
         let stats = (
             Entry::stat_at(&src_from_dir, &from_name),
             Entry::stat_at(&src_to_dir, &to_name),
-            Entry::stat_at(&dst_from_dir, &from_name),
-            Entry::stat_at(&dst_to_dir, &to_name),
+            self.replica.stat(&dst_from_dir, &from_name),
+            self.replica.stat(&dst_to_dir, &to_name),
         );
         // Only a clean move: SOURCE has `to` and no `from`; REPLICA has `from`, of the
         // same kind (and, for a file, the same content stamp), and nothing at `to`.
@@ -233,7 +236,9 @@ impl Engine {
         let same = src.kind == dst.kind
             && match src.kind {
                 Kind::File => src.same_size_and_mtime(&dst, &self.rules().mtimes),
-                Kind::Symlink => read_link_pair(&src_to_dir, &to_name, &dst_from_dir, &from_name),
+                Kind::Symlink => {
+                    self.same_link_target(&src_to_dir, &to_name, &dst_from_dir, &from_name)
+                }
                 _ => true,
             };
         // An anchored exclude can match below `from` and not below `to` (or the reverse):
@@ -243,7 +248,7 @@ impl Engine {
             return;
         }
         if !self.opts.dry_run
-            && let Err(e) = ops::rename_noreplace(&dst_from_dir, &from_name, &dst_to_dir, &to_name)
+            && let Err(e) = self.replica.rename(&dst_from_dir, &from_name, &dst_to_dir, &to_name)
         {
             // Not fatal: the reconciles that follow copy and remove instead.
             debug!(path = %to, error = %e, "rename in replica failed; reconciling instead");

@@ -10,31 +10,40 @@ use crate::entry::{AttrDiff, Entry, Kind};
 use crate::error::{EntryError, Op};
 use crate::ops::{self, Expect, Handle, XattrSupport, Xattrs};
 use crate::relpath::RelPath;
+use crate::replica::Replica;
 
 use super::Engine;
 use super::decide::{Action, decide};
 use super::names::RelSource;
 use super::report::Counters;
 
-/// True if `name` in `dir` is a directory now (never following a link).
-pub(super) fn is_dir_at(dir: &OwnedFd, name: &CStr) -> bool {
-    matches!(Entry::stat_at(dir, name), Ok(Some(e)) if e.kind == Kind::Dir)
-}
-
-pub(super) fn read_link_pair(a_dir: &OwnedFd, a: &CStr, b_dir: &OwnedFd, b: &CStr) -> bool {
-    match (ops::read_link_at(a_dir, a), ops::read_link_at(b_dir, b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
+impl<R: Replica> Engine<R> {
+    /// True if `name` in the REPLICA directory `dir` is a directory now (never following
+    /// a link).
+    pub(super) fn is_dir_in(&self, dir: &R::Dir, name: &CStr) -> bool {
+        matches!(self.replica.stat(dir, name), Ok(Some(e)) if e.kind == Kind::Dir)
     }
-}
 
-impl Engine {
+    /// True if SOURCE's symlink `src_name` and REPLICA's `dst_name` have the same target.
+    pub(super) fn same_link_target(
+        &self,
+        src_dir: &OwnedFd,
+        src_name: &CStr,
+        dst_dir: &R::Dir,
+        dst_name: &CStr,
+    ) -> bool {
+        match (ops::read_link_at(src_dir, src_name), self.replica.read_link(dst_dir, dst_name)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
+    }
+
     /// Stats `name` on both sides. A failure is recorded and the entry skipped entirely, so
     /// an unreadable source entry never leads to a deletion.
     pub(super) fn stat_pair(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         rel: &dyn RelSource,
         counters: &Counters,
@@ -47,7 +56,7 @@ impl Engine {
                 return None;
             }
         };
-        let dst = match dst_dir.map(|d| Entry::stat_at(d, name)).transpose() {
+        let dst = match dst_dir.map(|d| self.replica.stat(d, name)).transpose() {
             Ok(d) => d.flatten(),
             Err(e) => {
                 self.record(counters, EntryError::io(Op::Stat, &rel.rel(), e));
@@ -62,14 +71,14 @@ impl Engine {
     pub(super) fn decide_at(
         &self,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         src: Option<&Entry>,
         dst: Option<&Entry>,
         settled: bool,
     ) -> Action {
         let action = decide(src, dst, self.rules(), || {
-            dst_dir.is_some_and(|d| read_link_pair(src_dir, name, d, name))
+            dst_dir.is_some_and(|d| self.same_link_target(src_dir, name, d, name))
         });
         self.with_xattr_changes(action, src_dir, dst_dir, name, src, dst, settled)
     }
@@ -83,7 +92,7 @@ impl Engine {
 
     /// The namespaces still mirrored, or `None` with `--no-xattrs`.
     pub(super) fn xattrs(&self) -> Option<&XattrSupport> {
-        self.opts.xattrs.then_some(&self.xattr_support)
+        self.replica.xattrs()
     }
 
     /// `statx` cannot see extended attributes: an entry that looks in sync, or that needs
@@ -93,7 +102,7 @@ impl Engine {
         &self,
         action: Action,
         src_dir: &OwnedFd,
-        dst_dir: Option<&OwnedFd>,
+        dst_dir: Option<&R::Dir>,
         name: &CStr,
         src: Option<&Entry>,
         dst: Option<&Entry>,
@@ -112,8 +121,8 @@ impl Engine {
         if settled && self.horizon.unchanged(src, dst) {
             return action;
         }
-        let read = |dir: &OwnedFd| Xattrs::read(Handle::At(dir.as_fd(), name));
-        match (read(src_dir), read(dst_dir)) {
+        let want = Xattrs::read(Handle::At(src_dir.as_fd(), name));
+        match (want, self.replica.read_xattrs(dst_dir, Some(name))) {
             // A capability or label goes only onto bytes replicad copies (`grants_security`).
             (Ok(want), Ok(have))
                 if dst.kind == Kind::File && want.grants_security(&have, support) =>

@@ -32,7 +32,6 @@ mod scope;
 mod walk;
 
 use std::collections::HashSet;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
@@ -44,9 +43,10 @@ use crate::checksum::Md5Cache;
 use crate::config::{Config, Excludes};
 use crate::entry::MtimeStore;
 use crate::error::{EntryError, Fatal, GuardTrip};
-use crate::guard::{Guard, OpenRoots};
-use crate::ops::{self, CopyCaps, CopyOptions, TempNames, XattrSupport};
+use crate::guard::Guard;
+use crate::ops::CopyOptions;
 use crate::relpath::RelPath;
+use crate::replica::{Local, Replica, Roots};
 use crate::stats::Stats;
 
 pub use decide::{Action, Rules, decide};
@@ -77,8 +77,9 @@ pub struct EngineOptions {
 }
 
 /// Reconciles REPLICA with SOURCE. Shared by the one-shot pass, the periodic passes and the
-/// event queue; holds no per-file state (the optional MD5 cache is bounded).
-pub struct Engine {
+/// event queue; holds no per-file state (the optional MD5 cache is bounded). REPLICA is
+/// reached only through `R` (see `replica`): the local directory tree by default.
+pub struct Engine<R: Replica = Local> {
     guard: Guard,
     /// The process's filesystem workers: `--jobs` threads, started once.
     pool: rayon::ThreadPool,
@@ -90,10 +91,8 @@ pub struct Engine {
     mtimes: OnceLock<MtimeStore>,
     mtimes_warned: AtomicBool,
     excludes: Excludes,
-    temp_names: TempNames,
-    caps: CopyCaps,
-    /// Attribute namespaces REPLICA turned down.
-    xattr_support: XattrSupport,
+    /// The REPLICA side: every read and change of REPLICA goes through it.
+    replica: R,
     /// SOURCE's multiply-linked inodes and their names, as last seen.
     links: LinkIndex,
     /// Since when unchanged entries need not have their xattrs read again.
@@ -118,19 +117,29 @@ pub struct Engine {
     current_pass: Mutex<Option<Arc<Counters>>>,
 }
 
-/// Whether both roots are on filesystems stamped by this machine's clock (see `horizon`).
-fn local_clocks(config: &Config) -> bool {
-    let local = |p: &std::path::Path| std::fs::File::open(p).is_ok_and(horizon::is_local);
-    local(&config.source) && local(&config.replica)
-}
-
 impl Engine {
-    /// Builds the engine for `config`; remembers what the roots are for the guards.
+    /// Builds the engine for `config` with a local REPLICA; remembers what the roots are
+    /// for the guards.
     pub fn new(
         config: &Config,
         excludes: Excludes,
         cancel: CancellationToken,
     ) -> Result<Engine, Fatal> {
+        let copy = CopyOptions { chown: config.chown, fsync: config.fsync, verify: config.verify };
+        Engine::with_replica(config, excludes, cancel, Local::new(copy, config.xattrs))
+    }
+}
+
+impl<R: Replica> Engine<R> {
+    /// Builds the engine for `config` writing through `replica`; remembers what the roots
+    /// are for the guards. What the replica cannot hold (hard links) is not asked of it.
+    pub fn with_replica(
+        config: &Config,
+        excludes: Excludes,
+        cancel: CancellationToken,
+        replica: R,
+    ) -> Result<Engine<R>, Fatal> {
+        let hard_links = config.hard_links && replica.caps().hard_links;
         let guard = Guard::new(config)?;
         let jobs = config.jobs.max(1);
         let pool = rayon::ThreadPoolBuilder::new()
@@ -144,7 +153,7 @@ impl Engine {
             copy: CopyOptions { chown: config.chown, fsync: config.fsync, verify: config.verify },
             allow_empty_source: config.allow_empty_source,
             xattrs: config.xattrs,
-            hard_links: config.hard_links,
+            hard_links,
             one_file_system: config.one_file_system,
         };
         Ok(Engine {
@@ -154,15 +163,13 @@ impl Engine {
                 owners: config.chown,
                 checksum: config.checksum,
                 mtimes: MtimeStore::default(),
-                hard_links: config.hard_links,
+                hard_links,
             },
             mtimes: OnceLock::new(),
             mtimes_warned: AtomicBool::new(false),
             opts,
             excludes,
-            temp_names: TempNames::default(),
-            caps: CopyCaps::default(),
-            xattr_support: XattrSupport::default(),
+            replica,
             links: LinkIndex::default(),
             horizon: Horizon::new(local_clocks(config)),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
@@ -242,7 +249,7 @@ impl Engine {
 
     /// A change to the SOURCE root's own metadata (or to an entry right under it, which
     /// moves its mtime): only the root's attributes, not a whole pass.
-    fn fix_root_attrs(&self, roots: &OpenRoots, counters: &Counters) {
+    fn fix_root_attrs(&self, roots: &Roots<R::Dir>, counters: &Counters) {
         if let Some(dst) = &roots.dst {
             self.fix_dir_attrs(&roots.src, dst, &RelPath::root(), counters);
         }
@@ -271,7 +278,7 @@ impl Engine {
 
     /// One piece of work on the pool: the roots are opened through the guards, `work` runs
     /// if they pass, and the counts become the report.
-    fn run(&self, work: impl FnOnce(OpenRoots, &Counters) + Send) -> PassReport {
+    fn run(&self, work: impl FnOnce(Roots<R::Dir>, &Counters) + Send) -> PassReport {
         self.in_pool(|| {
             self.horizon.check_clock();
             let started = Instant::now();
@@ -300,13 +307,13 @@ impl Engine {
     /// Second descriptors of both roots for settling link groups after the walk (which
     /// consumes the first); `None` without `--hard-links` or when they cannot be had (the
     /// names are then applied one by one, as separate files).
-    fn link_roots(&self, roots: &OpenRoots) -> Option<LinkRoots> {
+    fn link_roots(&self, roots: &Roots<R::Dir>) -> Option<LinkRoots<R::Dir>> {
         if !self.opts.hard_links {
             return None;
         }
         let src = dup(&roots.src).ok()?;
         let dst = match &roots.dst {
-            Some(d) => Some(dup(d).ok()?),
+            Some(d) => Some(self.replica.try_clone_dir(d).ok()?),
             None => None,
         };
         Some(LinkRoots { src, dst })
@@ -315,17 +322,19 @@ impl Engine {
     /// Opens both roots anew through the guards (see `guard`). Before the first piece of
     /// work, REPLICA must take a probe file (a read-only REPLICA is found before anything
     /// else is tried, and its filesystem's mtime precision with it).
-    fn open_roots(&self) -> Result<OpenRoots, GuardTrip> {
-        let probe = |roots: &OpenRoots| match (&roots.dst, self.opts.dry_run) {
-            (Some(dst), false) if self.mtimes.get().is_none() => {
-                let mtimes = ops::probe_replica(dst.as_fd(), &self.temp_names)
+    fn open_roots(&self) -> Result<Roots<R::Dir>, GuardTrip> {
+        let probe = |dst: &R::Dir| match self.opts.dry_run {
+            false if self.mtimes.get().is_none() => {
+                let mtimes = self
+                    .replica
+                    .probe(dst)
                     .map_err(|e| GuardTrip::ReplicaUnwritable(e.to_string()))?;
                 let _ = self.mtimes.set(mtimes);
                 Ok(())
             }
             _ => Ok(()),
         };
-        self.guard.open(&|name| self.temp_names.is_ours(name), probe)
+        self.replica.open_roots(&self.guard, &probe)
     }
 
     /// The decision rules, with REPLICA's mtime precision once it is known.
@@ -346,4 +355,10 @@ impl Engine {
         self.stats.entry_error(e.op, &e.path, &e.kind);
         Counters::bump(&counters.errors, 1);
     }
+}
+
+/// Whether both roots are on filesystems stamped by this machine's clock (see `horizon`).
+fn local_clocks(config: &Config) -> bool {
+    let local = |p: &std::path::Path| std::fs::File::open(p).is_ok_and(horizon::is_local);
+    local(&config.source) && local(&config.replica)
 }

@@ -7,8 +7,11 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 
-use crate::ops::{self};
+use crate::ops;
 use crate::relpath::RelPath;
+use crate::replica::Replica;
+
+use super::Engine;
 
 /// Something that can produce the relative path for an error message, lazily (building
 /// a path per entry would cost an allocation on every entry of every pass).
@@ -47,4 +50,16 @@ pub(super) fn open_path_at(root: &OwnedFd, rel: &RelPath) -> io::Result<OwnedFd>
 
 pub(super) fn dup(fd: &OwnedFd) -> io::Result<OwnedFd> {
     fd.try_clone()
+}
+
+impl<R: Replica> Engine<R> {
+    /// Opens the REPLICA directory `rel` below `root` one component at a time, through the
+    /// replica side (never following a symlink).
+    pub(super) fn open_replica_path(&self, root: &R::Dir, rel: &RelPath) -> io::Result<R::Dir> {
+        let mut dir = self.replica.try_clone_dir(root)?;
+        for name in rel.names() {
+            dir = self.replica.open_dir(&dir, &c_name(name))?;
+        }
+        Ok(dir)
+    }
 }

@@ -13,6 +13,7 @@ use super::links::LinkGroups;
 use crate::entry::AttrDiff;
 use crate::error::GuardTrip;
 use crate::relpath::RelPath;
+use crate::replica::Replica;
 
 /// The pass summary's log target: `-q` still shows it (see `logging`).
 pub const SUMMARY_TARGET: &str = "replicad::summary";
@@ -216,7 +217,7 @@ impl Counters {
     }
 }
 
-impl Engine {
+impl<R: Replica> Engine<R> {
     pub(super) fn log_attrs(&self, rel: &RelPath, diff: AttrDiff) {
         let mut what = Vec::with_capacity(5);
         if diff.mode {

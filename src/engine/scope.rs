@@ -10,6 +10,7 @@ use tracing::warn;
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, EntryErrorKind, Op};
 use crate::relpath::RelPath;
+use crate::replica::Replica;
 
 use super::Engine;
 use super::names::RelSource;
@@ -18,7 +19,7 @@ use super::report::Counters;
 /// How many skipped paths are remembered so each is warned about once.
 pub(super) const SKIPS_REMEMBERED: usize = 10_000;
 
-impl Engine {
+impl<R: Replica> Engine<R> {
     /// True if the name is one this engine must not touch: on either side a directory that
     /// is SOURCE or REPLICA (or holds one) met again through a bind mount, or a file this
     /// process writes (its log); in REPLICA, any mount (a bind mount of SOURCE's own

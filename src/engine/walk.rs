@@ -14,42 +14,43 @@ use tracing::{debug, info};
 
 use crate::entry::Entry;
 use crate::error::{EntryError, Op};
-use crate::guard::OpenRoots;
 use crate::ops::{self, Handle, Xattrs};
 use crate::relpath::RelPath;
+use crate::replica::{DirItem, Replica, Roots};
 
 use super::Engine;
 use super::decide::{Action, Item};
 use super::dirs::{DirNode, Opening, Place, child_rel, complete};
-use super::names::{LazyRel, dup};
+use super::names::LazyRel;
 use super::report::Counters;
 
 /// Non-directory work items per batch: big enough to amortise the queue, small enough
 /// that a directory of many files is copied by all threads.
 pub(super) const BATCH: usize = 32;
 
-pub(super) enum Work {
-    Dir(DirJob),
-    Items(Batch),
+/// One piece of work on the pool; `D`: an open REPLICA directory.
+pub(super) enum Work<D> {
+    Dir(DirJob<D>),
+    Items(Batch<D>),
 }
 
-pub(super) struct DirJob {
+pub(super) struct DirJob<D> {
     pub(super) src: Entry,
     pub(super) dst: Option<Entry>,
-    pub(super) open: Opening,
-    pub(super) parent: Option<Arc<DirNode>>,
+    pub(super) open: Opening<D>,
+    pub(super) parent: Option<Arc<DirNode<D>>>,
 }
 
-pub(super) struct Batch {
-    pub(super) node: Arc<DirNode>,
+pub(super) struct Batch<D> {
+    pub(super) node: Arc<DirNode<D>>,
     pub(super) src_fd: Arc<OwnedFd>,
     pub(super) items: Vec<Item>,
 }
 
 /// Names of both sorted listings, merged and deduplicated, in byte order.
 pub(super) fn merge_names<'a>(
-    src: &'a [ops::DirItem],
-    dst: &'a [ops::DirItem],
+    src: &'a [DirItem],
+    dst: &'a [DirItem],
 ) -> impl Iterator<Item = &'a CStr> {
     let (mut i, mut j) = (0, 0);
     std::iter::from_fn(move || {
@@ -77,18 +78,18 @@ pub(super) fn merge_names<'a>(
     })
 }
 
-impl Engine {
-    pub(super) fn reconcile_root(&self, roots: OpenRoots, counters: &Counters) {
+impl<R: Replica> Engine<R> {
+    pub(super) fn reconcile_root(&self, roots: Roots<R::Dir>, counters: &Counters) {
         let root = RelPath::root();
-        let (src, dst) = match (Entry::stat_fd(&roots.src), roots.dst.as_ref().map(Entry::stat_fd))
-        {
+        let dst = roots.dst.as_ref().map(|d| self.replica.stat_dir(d));
+        let (src, dst) = match (Entry::stat_fd(&roots.src), dst) {
             (Ok(s), None) => (s, None),
             (Ok(s), Some(Ok(d))) => (s, Some(d)),
             (Err(e), _) | (_, Some(Err(e))) => {
                 return self.record(counters, EntryError::io(Op::Stat, &root, e));
             }
         };
-        let replica_fs = roots.dst.as_ref().map(dup);
+        let replica_fs = roots.dst.as_ref().map(|d| self.replica.try_clone_dir(d));
         let link_roots = self.link_roots(&roots);
         let fresh = self.fresh_replica.swap(false, Ordering::Relaxed);
         if fresh {
@@ -105,10 +106,9 @@ impl Engine {
         // A stop does not wait for the flush (it can take minutes on a slow disk); the
         // kernel writes the data back on its own, and every file was renamed complete.
         if changed && !self.opts.dry_run && !self.opts.copy.fsync && !self.cancel.is_cancelled() {
-            debug!("flushing the replica's filesystem (syncfs)");
+            debug!("flushing the replica (syncfs)");
             self.flushing.store(true, Ordering::Relaxed);
-            let synced =
-                replica_fs.map_or(Ok(()), |fd| fd.and_then(|fd| ops::sync_filesystem(&fd)));
+            let synced = replica_fs.map_or(Ok(()), |fd| fd.and_then(|fd| self.replica.flush(&fd)));
             self.flushing.store(false, Ordering::Relaxed);
             if let Err(e) = synced {
                 // The copies may not be on disk: not "in sync", whatever else went well.
@@ -119,7 +119,7 @@ impl Engine {
 
     /// Runs `work` and everything it spawns on the engine's pool, and returns when all of
     /// it is done. Must be called on a pool thread (every entry point runs in `in_pool`).
-    pub(super) fn run_work(&self, work: Work, counters: &Counters) {
+    pub(super) fn run_work(&self, work: Work<R::Dir>, counters: &Counters) {
         rayon::scope(|scope| self.spawn(scope, work, counters));
     }
 
@@ -128,7 +128,7 @@ impl Engine {
     pub(super) fn spawn<'s>(
         &'s self,
         scope: &rayon::Scope<'s>,
-        work: Work,
+        work: Work<R::Dir>,
         counters: &'s Counters,
     ) {
         // Log lines keep the caller's span (the dry run's) whichever thread runs the work.
@@ -155,7 +155,7 @@ impl Engine {
     /// child, and queues the work: subdirectories as their own jobs, the rest in batches.
     pub(super) fn run_dir<'s>(
         &'s self,
-        job: DirJob,
+        job: DirJob<R::Dir>,
         scope: &rayon::Scope<'s>,
         counters: &'s Counters,
     ) {
@@ -229,7 +229,7 @@ impl Engine {
 
     pub(super) fn queue_children<'s>(
         &'s self,
-        node: &Arc<DirNode>,
+        node: &Arc<DirNode<R::Dir>>,
         src_fd: OwnedFd,
         scope: &rayon::Scope<'s>,
         counters: &'s Counters,
@@ -242,11 +242,12 @@ impl Engine {
             ops::list_dir(&src_fd).map_err(|e| EntryError::source(Op::List, &node.rel(), e))?
         };
         let mut dst_names = match &node.dst_fd {
-            Some(fd) => ops::list_dir(fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?,
+            Some(fd) => {
+                self.replica.list(fd).map_err(|e| EntryError::io(Op::List, &node.rel(), e))?
+            }
             None => Vec::new(),
         };
         src_names.retain(|i| !ops::is_temp_name(i.name.to_bytes()));
-        dst_names.retain(|i| !self.temp_names.is_ours(i.name.to_bytes()));
         src_names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         dst_names.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Counters::bump(&counters.scanned, src_names.len() as u64);
@@ -290,7 +291,7 @@ impl Engine {
     /// Stats one child on both sides and decides; `None` when there is nothing to do.
     pub(super) fn decide_child(
         &self,
-        node: &DirNode,
+        node: &DirNode<R::Dir>,
         src_fd: &OwnedFd,
         name: &CStr,
         counters: &Counters,
@@ -319,7 +320,7 @@ impl Engine {
         (action != Action::Nothing).then(|| Item { name: name.to_owned(), src, dst, action })
     }
 
-    pub(super) fn run_items(&self, batch: Batch, counters: &Counters) {
+    pub(super) fn run_items(&self, batch: Batch<R::Dir>, counters: &Counters) {
         let dir_rel = batch.node.rel();
         for item in batch.items {
             if self.cancel.is_cancelled() {
