@@ -13,6 +13,7 @@
 //! | `look` | stat both sides, decide with link targets and xattrs, what a decision relied on |
 //! | `decide` | pure `decide(src, dst, rules) -> Action`, the decided `Item`, table tests |
 //! | `apply` | carry out one decided entry: remove, create/copy, update, compare, attrs |
+//! | `content` | file content: a copy with quick retries, `--checksum`'s MD5 comparison |
 //! | `scope` | excludes, boundaries, `-x`, the said-once warnings |
 //! | `links` | hard links: link groups settled after the walk, the SOURCE-inode index |
 //! | `horizon` | when xattrs need not be read again (the last clean pass) |
@@ -20,6 +21,7 @@
 //! | `names` | lazy relative paths for messages, C names, fd-relative path opening |
 
 mod apply;
+mod content;
 mod decide;
 mod dirs;
 mod events;
