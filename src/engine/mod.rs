@@ -205,6 +205,11 @@ impl<R: Replica> Engine<R> {
         &self.excludes
     }
 
+    /// The REPLICA side this engine reads and writes through.
+    pub fn replica(&self) -> &R {
+        &self.replica
+    }
+
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
         let start = Horizon::pass_start();

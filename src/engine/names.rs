@@ -1,6 +1,7 @@
 //! Small helpers for names and paths: relative paths built only when a message needs
 //! one (`RelSource`, `LazyRel`), a name as a C string, and opening a directory path one
-//! component at a time without following a symlink.
+//! component at a time without following a symlink (SOURCE directly, REPLICA through the
+//! replica side).
 
 use std::ffi::{CString, OsStr};
 use std::io;

@@ -28,9 +28,10 @@
 //! `Engine<R: Replica = Local>` is generic. The walker runs the seam's methods once or
 //! more per entry (stat, list, read a link or xattrs): monomorphised, the local side costs
 //! exactly what the direct `ops` calls did (the default bench within 5% was the
-//! condition), and `Dir` stays a plain `OwnedFd` with no boxing or matching. `Dir` as an
-//! associated type also rules out `dyn Replica`. An enum `Local | Bucket` would put a
-//! `match` in every method and make both sides' handles one type.
+//! condition), and `Dir` stays a plain `OwnedFd` with no boxing or matching. A
+//! `dyn Replica` would have to fix `Dir` to one type (`dyn Replica<Dir = …>`), which is
+//! exactly what the two sides do not share; an enum `Local | Bucket` would put a `match`
+//! in every method and make both sides' handles one enum as well.
 //!
 //! The generics stop at the engine: the default type parameter means `Engine` in
 //! `service`, `status`, `queue` and `main` still names `Engine<Local>`, unchanged. When
