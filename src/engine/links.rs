@@ -339,6 +339,12 @@ impl<R: Replica> Engine<R> {
             self.fix_dir_attrs(&here.src, to_dir, &here.rel, counters);
         } else if !self.opts.dry_run {
             return;
+        } else if let Some(d) = dst.as_ref().filter(|d| d.kind == Kind::Dir)
+            && let Err(e) = self.make_way(here.dst.as_ref(), &here.name, rel, d, counters)
+        {
+            // The dry run says what the real run does first: the directory in the way goes
+            // (a dry run's removal only counts and logs).
+            return self.record(counters, e);
         }
         info!(action = %"link", path = %rel, target = %leader);
         Counters::bump(&counters.link, 1);
