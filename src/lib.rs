@@ -9,7 +9,8 @@
 //! | [`service`] | the only place that spawns: watcher, passes, queue workers, signals, systemd |
 //! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s; raw events noted so no merged-away name is lost |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
-//! | [`reconcile`] | the engine: `decide` (pure) then `apply`, as tasks on one pool of `--jobs` threads |
+//! | [`engine`] | the engine: walk both sides, `decide` (pure), then apply through the replica seam, as tasks on one pool of `--jobs` threads |
+//! | [`replica`] | the REPLICA side as one seam (the `Replica` trait): the local, fd-relative implementation; the bucket next |
 //! | [`status`] | the HTTP status endpoint: probes, Prometheus metrics, JSON and a page |
 //! | [`stats`] | what the service knows of itself (counters, lag, in-sync time, last errors), for the status endpoint |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
@@ -30,6 +31,7 @@ pub mod bucket;
 pub mod checksum;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod entry;
 pub mod error;
 pub mod extras;
@@ -38,8 +40,8 @@ pub mod logfmt;
 pub mod logging;
 pub mod ops;
 pub mod queue;
-pub mod reconcile;
 pub mod relpath;
+pub mod replica;
 pub mod service;
 pub mod state;
 pub mod stats;

@@ -269,7 +269,7 @@ fn filter(verbosity: i8) -> EnvFilter {
     // keeps each pass's summary line: the one sign of life a quiet service gives.
     let directive = match verbosity {
         1.. => format!("info,replicad={level}"),
-        -1 => format!("{level},{}=info", crate::reconcile::SUMMARY_TARGET),
+        -1 => format!("{level},{}=info", crate::engine::SUMMARY_TARGET),
         _ => level.to_string(),
     };
     // notify says "unable to remove watch descriptor" at info for every directory of an

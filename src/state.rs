@@ -1,5 +1,5 @@
 //! What one run leaves for the next: the mark of the last clean full pass (the xattr
-//! horizon, see `reconcile::horizon`), so that a `--once` from cron or a restarted service
+//! horizon, see `engine::horizon`), so that a `--once` from cron or a restarted service
 //! need not read every extended attribute again when nothing moved since.
 //!
 //! One small file per SOURCE/REPLICA pair in the state directory (`--state-dir`, else

@@ -43,6 +43,7 @@ mod production;
 mod promises;
 mod prop;
 mod removals;
+mod seam;
 mod service;
 mod sparse;
 mod status;

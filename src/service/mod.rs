@@ -22,9 +22,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::engine::{Engine, PassReport};
 use crate::error::GuardTrip;
 use crate::queue::{self, Outcome, Work};
-use crate::reconcile::{Engine, PassReport};
 use crate::relpath::Escaped;
 use progress::Progress;
 use report::{record_counts, record_pass};

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::engine::Engine;
 use crate::logging::progress_bar;
-use crate::reconcile::Engine;
 
 /// A later pass shows progress only once it has run this long.
 const SHOW_AFTER: Duration = Duration::from_secs(3);

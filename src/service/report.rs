@@ -2,7 +2,7 @@
 //! for every report, and for a full pass either the guard that held it or its summary
 //! (exact when it met no error and nothing vanished under it).
 
-use crate::reconcile::PassReport;
+use crate::engine::PassReport;
 use crate::stats::{PassSummary, Stats};
 
 /// Counts what a pass or a piece of event work changed.

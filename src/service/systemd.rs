@@ -9,7 +9,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::time::{Instant, Interval};
 
-use crate::reconcile::{Engine, PassReport};
+use crate::engine::{Engine, PassReport};
 use crate::stats::Stats;
 
 /// Sends `state` to systemd; a failure to reach it is not worth stopping for.

@@ -18,7 +18,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StatusAddr;
-use crate::reconcile::Engine;
+use crate::engine::Engine;
 use crate::stats::Stats;
 
 /// What the handlers read.

@@ -453,7 +453,7 @@ fn live_an_excluded_name_is_never_linked_into_replica() {
 #[test]
 fn periodic_passes_still_see_attribute_changes_after_a_clean_pass() {
     // Periodic passes skip reading xattrs of entries whose ctimes are older than the last
-    // clean pass (see src/reconcile/horizon.rs): a change on either side moves a ctime, so
+    // clean pass (see src/engine/horizon.rs): a change on either side moves a ctime, so
     // it must still be found — by passes alone (no watcher).
     let t = attributed_tree();
     let svc = running(&t, &["--no-watch", "--interval", "300ms"]);

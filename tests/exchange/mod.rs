@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use replicad::cli::Args;
 use replicad::config::Config;
-use replicad::reconcile::Engine;
+use replicad::engine::Engine;
 use replicad::relpath::RelPath;
 use rustix::fs::{CWD, RenameFlags};
 use tokio_util::sync::CancellationToken;

@@ -308,6 +308,20 @@ fn comparable(log: &str, skip: &[String]) -> Vec<String> {
     actions(log).into_iter().filter(|l| !skip.iter().any(|s| l.starts_with(s.as_str()))).collect()
 }
 
+/// See: the regression seed "a hard link made where REPLICA has a directory": the real run
+/// removes the directory and links the name; the dry run said only the link.
+#[test]
+fn the_dry_run_says_it_removes_a_directory_a_new_hard_link_replaces() {
+    let t = Tree::new();
+    t.source().file("b/b/c", "").dir("c");
+    t.once(&[]).assert_code(0);
+    t.source().remove("c").hard_link("c", "b/b/c");
+    let dry = t.once(&["--dry-run"]);
+    let real = t.once(&[]);
+    assert!(real.has_action("remove", "c"), "{real}");
+    assert_eq!(actions(&dry.stderr), actions(&real.stderr), "dry:\n{dry}\nreal:\n{real}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 200, ..ProptestConfig::default() })]
 

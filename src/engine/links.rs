@@ -12,18 +12,22 @@
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::{info, warn};
 
-use super::{Action, Counters, Engine, Item, c_name, open_path_at};
+use super::Engine;
+use super::decide::{Action, Item};
+use super::names::{c_name, open_path_at};
+use super::report::Counters;
 use crate::entry::{Entry, Kind};
 use crate::error::{EntryError, Op};
 use crate::ops;
 use crate::relpath::RelPath;
+use crate::replica::Replica;
 
 /// A link REPLICA refused was met (warned about once per process).
 static LINK_REFUSED: AtomicBool = AtomicBool::new(false);
@@ -63,21 +67,21 @@ impl LinkIndex {
     }
 }
 
-/// Both roots, for reaching any name of a group.
-pub(super) struct LinkRoots {
+/// Both roots, for reaching any name of a group (`D`: an open REPLICA directory).
+pub(super) struct LinkRoots<D> {
     pub src: OwnedFd,
-    pub dst: Option<OwnedFd>,
+    pub dst: Option<D>,
 }
 
 /// A name's parent directories on both sides.
-struct Parents {
+struct Parents<D> {
     src: OwnedFd,
-    dst: Option<OwnedFd>,
+    dst: Option<D>,
     rel: RelPath,
     name: CString,
 }
 
-impl Engine {
+impl<R: Replica> Engine<R> {
     /// Takes the name `rel` of a multiply-linked SOURCE file into the run's link groups
     /// instead of applying `action` to it now; false when hard links are not mirrored or
     /// `src` is not such a file.
@@ -103,7 +107,7 @@ impl Engine {
     /// Settles every link group the run met. `full`: the run walked the whole tree, so
     /// its groups are complete and become the index; otherwise each group is completed
     /// from the index and from its directory first.
-    pub(super) fn settle_links(&self, roots: &LinkRoots, full: bool, counters: &Counters) {
+    pub(super) fn settle_links(&self, roots: &LinkRoots<R::Dir>, full: bool, counters: &Counters) {
         let groups = std::mem::take(&mut *counters.links.lock());
         if full && self.opts.link_index {
             let index = groups
@@ -132,7 +136,7 @@ impl Engine {
     /// missing and the index cannot vouch that they lie outside the mirrored tree.
     fn complete_group(
         &self,
-        roots: &LinkRoots,
+        roots: &LinkRoots<R::Dir>,
         key: InodeKey,
         nlink: u64,
         names: &mut Vec<LinkName>,
@@ -166,7 +170,7 @@ impl Engine {
     /// inode: no stat per name).
     fn same_inode_siblings(
         &self,
-        roots: &LinkRoots,
+        roots: &LinkRoots<R::Dir>,
         key: InodeKey,
         names: &[LinkName],
     ) -> Vec<RelPath> {
@@ -193,7 +197,7 @@ impl Engine {
     /// shares SOURCE's inode a link to the leader's REPLICA file.
     fn settle_group(
         &self,
-        roots: &LinkRoots,
+        roots: &LinkRoots<R::Dir>,
         key: InodeKey,
         mut names: Vec<LinkName>,
         counters: &Counters,
@@ -246,7 +250,7 @@ impl Engine {
         // What every other name must be: the leader's REPLICA file as it is now (in a dry
         // run: as it would be — a fresh copy matches no existing name).
         let target = match &at.dst {
-            Some(dir) if !self.opts.dry_run => match Entry::stat_at(dir, &at.name) {
+            Some(dir) if !self.opts.dry_run => match self.replica.stat(dir, &at.name) {
                 Ok(Some(t)) if t.kind == Kind::File => Some(t),
                 _ => return,
             },
@@ -270,8 +274,8 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     fn join(
         &self,
-        roots: &LinkRoots,
-        at: &Parents,
+        roots: &LinkRoots<R::Dir>,
+        at: &Parents<R::Dir>,
         leader: &RelPath,
         key: InodeKey,
         nlink: u64,
@@ -304,15 +308,7 @@ impl Engine {
             {
                 return self.record(counters, e);
             }
-            let linked = ops::link_into_place(
-                from_dir.as_fd(),
-                &at.name,
-                t,
-                nlink,
-                to_dir.as_fd(),
-                &here.name,
-                &self.temp_names,
-            );
+            let linked = self.replica.link(from_dir, &at.name, t, nlink, to_dir, &here.name);
             match linked {
                 // REPLICA cannot give the file one more name (its filesystem's link limit,
                 // or no hard links at all): this name is mirrored as a file of its own
@@ -343,17 +339,23 @@ impl Engine {
             self.fix_dir_attrs(&here.src, to_dir, &here.rel, counters);
         } else if !self.opts.dry_run {
             return;
+        } else if let Some(d) = dst.as_ref().filter(|d| d.kind == Kind::Dir)
+            && let Err(e) = self.make_way(here.dst.as_ref(), &here.name, rel, d, counters)
+        {
+            // The dry run says what the real run does first: the directory in the way goes
+            // (a dry run's removal only counts and logs).
+            return self.record(counters, e);
         }
         info!(action = %"link", path = %rel, target = %leader);
         Counters::bump(&counters.link, 1);
     }
 
     /// How many of `names` are, in REPLICA, the file `replica`.
-    fn names_sharing(&self, roots: &LinkRoots, replica: &Entry, names: &[LinkName]) -> u64 {
+    fn names_sharing(&self, roots: &LinkRoots<R::Dir>, replica: &Entry, names: &[LinkName]) -> u64 {
         let shares = |n: &LinkName| {
             let Some(here) = self.parents(roots, &n.rel) else { return false };
             let Some(dir) = &here.dst else { return false };
-            matches!(Entry::stat_at(dir, &here.name), Ok(Some(e))
+            matches!(self.replica.stat(dir, &here.name), Ok(Some(e))
                 if e.kind == Kind::File && (e.dev, e.ino) == (replica.dev, replica.ino))
         };
         names.iter().filter(|n| shares(n)).count() as u64
@@ -361,11 +363,11 @@ impl Engine {
 
     /// Opens the parent directories of `rel` on both sides (REPLICA's may be missing only
     /// in a dry run).
-    fn parents(&self, roots: &LinkRoots, rel: &RelPath) -> Option<Parents> {
+    fn parents(&self, roots: &LinkRoots<R::Dir>, rel: &RelPath) -> Option<Parents<R::Dir>> {
         let dir = rel.parent()?;
         let name = c_name(rel.file_name()?);
         let src = open_path_at(&roots.src, &dir).ok()?;
-        let dst = roots.dst.as_ref().and_then(|d| open_path_at(d, &dir).ok());
+        let dst = roots.dst.as_ref().and_then(|d| self.open_replica_path(d, &dir).ok());
         if dst.is_none() && !self.opts.dry_run {
             return None;
         }
