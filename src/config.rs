@@ -114,7 +114,7 @@ impl Config {
             exclude_patterns: &patterns,
             options: &options,
         };
-        let state = state_file(args.state_dir.as_deref(), &fingerprint)?;
+        let state = state_file(args.state_dir.as_deref(), &fingerprint, args.dry_run)?;
         let jobs = match args.jobs {
             Some(n) => usize::from(n),
             None => std::thread::available_parallelism().map_or(2, usize::from),
@@ -215,6 +215,7 @@ fn check_log_file(path: &Path, source: &Path, replica: &Path) -> Result<(), Fata
 fn state_file(
     given: Option<&Path>,
     fingerprint: &Fingerprint<'_>,
+    dry_run: bool,
 ) -> Result<Option<StateFile>, Fatal> {
     let (dir, explicit) = match given {
         Some(dir) => (dir.to_path_buf(), true),
@@ -231,6 +232,16 @@ fn state_file(
                 return Err(fail(format!("it lies inside the {what}")));
             }
         }
+        // A default directory comes from the environment (a `sudo -E` keeps a user's
+        // HOME): used only if no one else could have placed it or a link on its way.
+        let lexical = std::path::absolute(&dir).map_err(|e| fail(e.to_string()))?;
+        if !explicit && (lexical != canonical || !owned_safely(&canonical)) {
+            return Err(fail("another user could change it".into()));
+        }
+        // A dry run writes nothing, not even the state directory.
+        if dry_run {
+            return Ok(None);
+        }
         StateFile::new(&canonical, fingerprint).map_err(|e| fail(e.to_string()))
     });
     match checked {
@@ -238,6 +249,17 @@ fn state_file(
         Err(e) if explicit => Err(e),
         Err(_) => Ok(None),
     }
+}
+
+/// True if every existing directory on `path` belongs to this user or root and no one
+/// else may write to it (a root-owned sticky directory such as /tmp aside: others may
+/// not rename or remove what is ours in it).
+fn owned_safely(path: &Path) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    path.ancestors().filter_map(|p| fs::symlink_metadata(p).ok()).all(|m| {
+        let sticky_root = m.uid() == 0 && m.mode() & 0o1000 != 0;
+        (m.uid() == me || m.uid() == 0) && (m.mode() & 0o022 == 0 || sticky_root)
+    })
 }
 
 fn clamp_verbosity(verbose: u8, quiet: u8) -> i8 {

@@ -39,6 +39,9 @@ pub struct Guard {
     source_fs: FsId,
     replica_fs: Option<FsId>,
     boundaries: Vec<(u64, u64)>,
+    /// (device, inode) of both roots at start: a root renamed away and replaced by another
+    /// directory on the same filesystem passes the filesystem guard, not this.
+    root_ids: ((u64, u64), Option<(u64, u64)>),
     allow_empty_source: bool,
     dry_run: bool,
     holding: Mutex<Option<GuardTrip>>,
@@ -58,6 +61,8 @@ impl Guard {
             Err(e) if e.kind() == io::ErrorKind::NotFound && config.dry_run => None,
             Err(e) => return Err(replica_fatal(config, e)),
         };
+        let id = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
+        let root_ids = (id(&config.source).unwrap_or_default(), id(&config.replica));
         let mut boundaries = ancestor_ids(&config.source);
         boundaries.extend(ancestor_ids(&config.replica));
         boundaries.sort_unstable();
@@ -68,6 +73,7 @@ impl Guard {
             source_fs,
             replica_fs,
             boundaries,
+            root_ids,
             allow_empty_source: config.allow_empty_source,
             dry_run: config.dry_run,
             holding: Mutex::new(None),
@@ -77,6 +83,11 @@ impl Guard {
     /// The device SOURCE's root is on (what `--one-file-system` stays on).
     pub fn source_dev(&self) -> u64 {
         self.source_fs.dev
+    }
+
+    /// True if `src` and `dst` are the directories the roots were at start.
+    pub fn same_roots(&self, src: &Entry, dst: &Entry) -> bool {
+        (src.dev, src.ino) == self.root_ids.0 && Some((dst.dev, dst.ino)) == self.root_ids.1
     }
 
     /// True if `entry` is a directory that is SOURCE, REPLICA, or holds one of them: met

@@ -20,6 +20,7 @@
 //! so what changed moved a ctime past T just the same.
 
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -35,19 +36,22 @@ const MARGIN: Duration = Duration::from_secs(2);
 /// No horizon: every entry's attributes are read.
 const NONE: i64 = i64::MIN;
 
-/// Filesystems whose timestamps come from this machine's clock (statfs magic numbers).
-const LOCAL: [i64; 10] = [
+/// Filesystems whose timestamps come from this machine's clock and that move an inode's
+/// ctime on every attribute change (statfs magic numbers). Left out: zfs (ctime not moved
+/// by every xattr change, openzfs#3644), overlayfs (its upper or lower layer may be
+/// another machine's), and tmpfs before Linux 6.6 (`security.*`/`trusted.*` changes left
+/// ctime alone) — see [`TMPFS`].
+const LOCAL: [i64; 6] = [
     0xEF53,      // ext2/3/4
     0x5846_5342, // xfs
     0x9123_683E, // btrfs
-    0x0102_1994, // tmpfs
-    0x8584_58f6, // ramfs
     0xF2F5_2010, // f2fs
-    0x2FC1_2FC1, // zfs
     0xCA45_1A4E, // bcachefs
-    0x794C_7630, // overlayfs
     0x3153_464A, // jfs
 ];
+
+/// tmpfs and ramfs: local, and since 6.6 every xattr change moves the ctime.
+const TMPFS: [i64; 2] = [0x0102_1994, 0x8584_58f6];
 
 /// When the last clean full pass started, as far as it can be trusted.
 pub(super) struct Horizon {
@@ -63,6 +67,8 @@ pub(super) struct Horizon {
     store: Option<StateFile>,
     /// A failed save is said once.
     save_warned: AtomicBool,
+    /// Both roots, whose mounts (on and under them) a mark is only good for.
+    roots: Vec<PathBuf>,
 }
 
 /// The clocks at the start of a full pass.
@@ -77,7 +83,18 @@ fn time_ns(t: Time) -> i64 {
 // `f_type`'s integer type differs between architectures.
 #[allow(clippy::unnecessary_cast)]
 pub(super) fn is_local(fd: impl AsFd) -> bool {
-    rustix::fs::fstatfs(fd).is_ok_and(|s| LOCAL.contains(&(s.f_type as i64)))
+    rustix::fs::fstatfs(fd).is_ok_and(|s| {
+        let kind = s.f_type as i64;
+        LOCAL.contains(&kind) || (TMPFS.contains(&kind) && kernel_at_least(6, 6))
+    })
+}
+
+/// True if the running kernel's release is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
+    let (Some(have_major), Some(have_minor)) = (parts.next(), parts.next()) else { return false };
+    (have_major, have_minor) >= (major, minor)
 }
 
 /// True if the wall clock moved as the boot clock did between `then` and `now` (nothing
@@ -94,7 +111,7 @@ fn same_clock(then: &Mark, now: &Mark) -> bool {
 impl Horizon {
     /// A horizon that is off until a clean pass sets it — or set from the mark an earlier
     /// run left in `store`, if it is still good; never on unless `local`.
-    pub(super) fn new(local: bool, store: Option<StateFile>) -> Horizon {
+    pub(super) fn new(local: bool, store: Option<StateFile>, roots: Vec<PathBuf>) -> Horizon {
         let horizon = Horizon {
             local,
             wall_ns: AtomicI64::new(NONE),
@@ -102,6 +119,7 @@ impl Horizon {
             boot_id: state::boot_id(),
             store,
             save_warned: AtomicBool::new(false),
+            roots,
         };
         if let Some(mark) = horizon.store.as_ref().and_then(StateFile::load) {
             horizon.set(mark);
@@ -112,16 +130,20 @@ impl Horizon {
 
     /// The clocks now, to hand to [`Horizon::passed_clean`] when the pass ends.
     pub(super) fn pass_start(&self) -> PassStart {
-        PassStart(state::now(&self.boot_id))
+        let mut mark = state::now(&self.boot_id);
+        mark.layout = state::mount_layout(&self.roots);
+        PassStart(mark)
     }
 
     /// A full pass that started at `start` looked at every entry without error.
-    pub(super) fn passed_clean(&self, start: PassStart) {
+    /// `keep`: the mark may outlive the process — false when REPLICA refused an attribute
+    /// namespace, which the next process will try again on entries this one never set.
+    pub(super) fn passed_clean(&self, start: PassStart, keep: bool) {
         if !self.local {
             return;
         }
         self.set(start.0.clone());
-        let Some(store) = &self.store else { return };
+        let Some(store) = self.store.as_ref().filter(|_| keep) else { return };
         if let Err(e) = store.save(&start.0)
             && !self.save_warned.swap(true, Ordering::Relaxed)
         {
@@ -144,7 +166,9 @@ impl Horizon {
     pub(super) fn check_clock(&self) {
         let set_at = self.lock().clone();
         let Some(mark) = set_at else { return };
-        if !same_clock(&mark, &state::now(&self.boot_id)) {
+        if !same_clock(&mark, &state::now(&self.boot_id))
+            || mark.layout != state::mount_layout(&self.roots)
+        {
             self.wall_ns.store(NONE, Ordering::Relaxed);
             *self.lock() = None;
         }
@@ -187,10 +211,10 @@ mod tests {
 
     #[test]
     fn only_entries_older_than_a_clean_pass_on_both_sides_are_skipped() {
-        let h = Horizon::new(true, None);
+        let h = Horizon::new(true, None, vec![]);
         let old = with_ctime(1_000);
         assert!(!h.unchanged(&old, &old), "no clean pass yet");
-        h.passed_clean(h.pass_start());
+        h.passed_clean(h.pass_start(), true);
         assert!(h.unchanged(&old, &old));
         let now = now_sec();
         assert!(!h.unchanged(&old, &with_ctime(now)), "REPLICA changed since");
@@ -200,17 +224,17 @@ mod tests {
 
     #[test]
     fn never_on_for_filesystems_with_another_clock() {
-        let h = Horizon::new(false, None);
-        h.passed_clean(h.pass_start());
+        let h = Horizon::new(false, None, vec![]);
+        h.passed_clean(h.pass_start(), true);
         assert!(!h.unchanged(&with_ctime(1_000), &with_ctime(1_000)));
     }
 
     #[test]
     fn a_wall_clock_jump_turns_it_off() {
-        let h = Horizon::new(true, None);
+        let h = Horizon::new(true, None, vec![]);
         let mut start = h.pass_start();
         start.0.wall_ns -= 3_600_000_000_000;
-        h.passed_clean(start);
+        h.passed_clean(start, true);
         assert!(h.unchanged(&with_ctime(1_000), &with_ctime(1_000)));
         h.check_clock();
         assert!(!h.unchanged(&with_ctime(1_000), &with_ctime(1_000)), "an hour's jump went unseen");
@@ -219,10 +243,10 @@ mod tests {
     #[test]
     fn the_next_run_starts_from_the_mark_of_the_last_clean_pass() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = Horizon::new(true, Some(store(dir.path(), &[("xattrs", true)])));
+        let first = Horizon::new(true, Some(store(dir.path(), &[("xattrs", true)])), vec![]);
         assert!(!first.unchanged(&with_ctime(1_000), &with_ctime(1_000)), "nothing kept yet");
-        first.passed_clean(first.pass_start());
-        let next = Horizon::new(true, Some(store(dir.path(), &[("xattrs", true)])));
+        first.passed_clean(first.pass_start(), true);
+        let next = Horizon::new(true, Some(store(dir.path(), &[("xattrs", true)])), vec![]);
         assert!(next.unchanged(&with_ctime(1_000), &with_ctime(1_000)), "the mark was lost");
         assert!(!next.unchanged(&with_ctime(now_sec()), &with_ctime(1_000)));
     }
@@ -231,12 +255,17 @@ mod tests {
     fn a_mark_is_not_believed_under_another_configuration_or_from_a_stranger() {
         let dir = tempfile::tempdir().expect("tempdir");
         let kept = store(dir.path(), &[("xattrs", true)]);
-        Horizon::new(true, Some(kept.clone())).passed_clean(Horizon::new(true, None).pass_start());
-        let believed =
-            |s: StateFile| Horizon::new(true, Some(s)).unchanged(&with_ctime(9), &with_ctime(9));
+        Horizon::new(true, Some(kept.clone()), vec![])
+            .passed_clean(Horizon::new(true, None, vec![]).pass_start(), true);
+        let believed = |s: StateFile| {
+            Horizon::new(true, Some(s), vec![]).unchanged(&with_ctime(9), &with_ctime(9))
+        };
         assert!(believed(kept.clone()), "precondition: the mark is good");
         assert!(!believed(store(dir.path(), &[("xattrs", true), ("x", true)])), "other options");
-        assert!(!Horizon::new(false, Some(kept.clone())).unchanged(&with_ctime(9), &with_ctime(9)));
+        assert!(
+            !Horizon::new(false, Some(kept.clone()), vec![])
+                .unchanged(&with_ctime(9), &with_ctime(9))
+        );
         fs::set_permissions(kept.path(), fs::Permissions::from_mode(0o622)).expect("chmod");
         assert!(!believed(kept.clone()), "a file others may write was believed");
         fs::set_permissions(kept.path(), fs::Permissions::from_mode(0o600)).expect("chmod");
@@ -255,7 +284,7 @@ mod tests {
         let mut mark = state::now(&state::boot_id());
         mark.wall_ns += 3_600_000_000_000; // the clock was an hour ahead then
         kept.save(&mark).expect("save");
-        let h = Horizon::new(true, Some(kept));
+        let h = Horizon::new(true, Some(kept), vec![]);
         assert!(!h.unchanged(&with_ctime(1_000), &with_ctime(1_000)));
     }
 }

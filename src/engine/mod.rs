@@ -176,7 +176,11 @@ impl<R: Replica> Engine<R> {
             excludes,
             replica,
             links: LinkIndex::default(),
-            horizon: Horizon::new(local_clocks(config), config.state.clone()),
+            horizon: Horizon::new(
+                local_clocks(config),
+                config.state.clone(),
+                vec![config.source.clone(), config.replica.clone()],
+            ),
             md5: (config.checksum || config.verify).then(Md5Cache::default),
             cancel,
             progress: AtomicU64::new(0),
@@ -229,7 +233,8 @@ impl<R: Replica> Engine<R> {
             && report.counts.errors == 0
             && !self.opts.dry_run;
         if clean && self.opts.xattrs {
-            self.horizon.passed_clean(start);
+            let refused = self.xattrs().is_some_and(|s| !s.refused().is_empty());
+            self.horizon.passed_clean(start, !refused);
         }
         report
     }

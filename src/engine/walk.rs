@@ -183,11 +183,17 @@ impl<R: Replica> Engine<R> {
         // The horizon vouches for an entry only while its directories, on both sides, have
         // not moved since the last clean pass (a rename of one moves its ctime, not theirs),
         // and only on SOURCE's own filesystem (one mounted inside it may be stamped by
-        // another machine's clock). The roots cannot move (the guards check who they are
-        // at every run), whatever their ctimes say: the mtime probe touches REPLICA's.
+        // another machine's clock). The roots count as settled while they are the
+        // directories they were at start, whatever their ctimes say (the mtime probe
+        // touches REPLICA's at every run).
         let settled = src.dev == self.guard.source_dev()
             && match &place {
-                Place::Top(rel) => rel.is_root() && dst.is_some(),
+                Place::Top(rel) => {
+                    rel.is_root() && dst.as_ref().is_some_and(|d| self.guard.same_roots(&src, d))
+                }
+                // A mount point (a bind mount of SOURCE's own filesystem too) pairs names
+                // with other inodes than the last clean pass saw, and moved no ctime.
+                Place::Child(_) if src.mount_root => false,
                 Place::Child(_) => {
                     parent.as_ref().is_some_and(|p| p.settled)
                         && dst.as_ref().is_some_and(|d| self.horizon.unchanged(&src, d))

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use crate::support::mounts::once_in_mount_namespace;
 use crate::support::{
-    CONVERGE, CompareOptions, EVENTS_ONLY, NOBODY, PASS_COMPLETE, Service, Tree, action_lines,
+    CONVERGE, CompareOptions, EVENTS_ONLY, NOBODY, PASS_COMPLETE, Run, Service, Tree, action_lines,
     assert_same, assert_same_with, compare, running, wait_until,
 };
 
@@ -761,4 +761,38 @@ fn a_state_dir_inside_source_or_replica_is_refused() {
         run.assert_code(1);
         assert!(run.stderr.contains("state directory"), "no clear line:\n{}", run.stderr);
     }
+}
+mod horizon_holes;
+
+#[test]
+fn a_default_state_dir_someone_else_could_steer_is_not_used_and_a_dry_run_writes_none() {
+    // The default directory comes from HOME/XDG_STATE_HOME, which `sudo -E` takes from a
+    // user: a link on its way (or a directory others may write) and replicad keeps no mark
+    // there rather than write where someone else points.
+    let t = Tree::new();
+    t.file("f", b"x");
+    let home = t.base().join("home");
+    let elsewhere = t.base().join("elsewhere");
+    fs::create_dir_all(home.join(".local/state")).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, home.join(".local/state/replicad")).unwrap();
+    t.once(&[]).assert_code(0);
+    let run = Run::of(
+        crate::support::replicad().env("HOME", &home).args(["--once"]).arg(t.src()).arg(t.dst()),
+    );
+    run.assert_code(0);
+    assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0, "a mark went through the link");
+    // Without the link the same HOME is used.
+    fs::remove_file(home.join(".local/state/replicad")).unwrap();
+    let dry = Run::of(
+        crate::support::replicad().env("HOME", &home).args(["--dry-run"]).arg(t.src()).arg(t.dst()),
+    );
+    dry.assert_code(0);
+    assert!(!home.join(".local/state/replicad").exists(), "a dry run made the state directory");
+    let real = Run::of(
+        crate::support::replicad().env("HOME", &home).args(["--once"]).arg(t.src()).arg(t.dst()),
+    );
+    real.assert_code(0);
+    let kept = fs::read_dir(home.join(".local/state/replicad")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(kept, 1, "precondition: a safe default directory keeps the mark");
 }
