@@ -90,6 +90,7 @@ impl<R: Replica> Engine<R> {
             }
         };
         let replica_fs = roots.dst.as_ref().map(|d| self.replica.try_clone_dir(d));
+        let end_root = roots.dst.as_ref().map(|d| self.replica.try_clone_dir(d));
         let link_roots = self.link_roots(&roots);
         let fresh = self.fresh_replica.swap(false, Ordering::Relaxed);
         if fresh {
@@ -112,6 +113,15 @@ impl<R: Replica> Engine<R> {
             self.flushing.store(false, Ordering::Relaxed);
             if let Err(e) = synced {
                 // The copies may not be on disk: not "in sync", whatever else went well.
+                self.record(counters, EntryError::io(Op::Sync, &root, e));
+            }
+        }
+        if !self.opts.dry_run && !self.cancel.is_cancelled() {
+            let clean = counters.snapshot().errors == 0;
+            let keep = |p: &RelPath, is_dir: bool| self.excludes.matches_path_or_parent(p, is_dir);
+            let ended = end_root
+                .map_or(Ok(()), |fd| fd.and_then(|fd| self.replica.end_pass(&fd, clean, &keep)));
+            if let Err(e) = ended {
                 self.record(counters, EntryError::io(Op::Sync, &root, e));
             }
         }

@@ -91,6 +91,13 @@ pub struct Caps {
     pub hard_links: bool,
     /// FIFOs and device nodes.
     pub special_files: bool,
+    /// A file's mode, owner and mtime can change without its content being written again
+    /// (false: an object store, where metadata is part of the object; the file is copied
+    /// again instead).
+    pub file_attrs_in_place: bool,
+    /// The root directory itself has attributes to mirror (false: a bucket prefix, which
+    /// rclone neither writes nor restores a marker for).
+    pub root_attrs: bool,
 }
 
 /// What a file copy needs from the engine.
@@ -130,6 +137,19 @@ pub trait Replica: Send + Sync + 'static {
     /// Makes everything written so far durable (end of a pass without `--fsync`).
     fn flush(&self, root: &Self::Dir) -> io::Result<()>;
 
+    /// The end of a full pass that was neither a dry run nor stopped, whether or not it
+    /// changed anything; `clean`: no entry failed. `keep` says which paths are excluded
+    /// (never removed). Locally nothing is left to do; a bucket removes the keys no SOURCE
+    /// path maps to (after a clean pass only) and saves its quick-check manifest.
+    fn end_pass(
+        &self,
+        _root: &Self::Dir,
+        _clean: bool,
+        _keep: &dyn Fn(&RelPath, bool) -> bool,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
     /// A second handle on the same directory.
     fn try_clone_dir(&self, dir: &Self::Dir) -> io::Result<Self::Dir>;
 
@@ -149,6 +169,12 @@ pub trait Replica: Send + Sync + 'static {
 
     /// The target of the symlink `name`.
     fn read_link(&self, dir: &Self::Dir, name: &CStr) -> io::Result<CString>;
+
+    /// True if the symlink `name` points at `target` (a replica may know without reading
+    /// the target: a bucket compares its MD5 with the object's ETag).
+    fn link_target_is(&self, dir: &Self::Dir, name: &CStr, target: &CStr) -> bool {
+        self.read_link(dir, name).is_ok_and(|t| t.as_c_str() == target)
+    }
 
     /// The extended attributes of `name`, or of `dir` itself when `name` is `None`.
     fn read_xattrs(&self, dir: &Self::Dir, name: Option<&CStr>) -> io::Result<Xattrs>;
