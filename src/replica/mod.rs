@@ -60,6 +60,7 @@
 //!   local side re-checks it on a pinned descriptor before touching the entry. A bucket
 //!   can only compare it with a HEAD (or ignore it: there is no second name to protect).
 
+pub mod bucket;
 pub mod local;
 
 use std::ffi::{CStr, CString};
@@ -74,6 +75,7 @@ use crate::error::{EntryErrorKind, GuardTrip};
 use crate::guard::Guard;
 use crate::relpath::RelPath;
 
+pub use bucket::BucketReplica;
 pub use local::Local;
 
 /// Both roots, opened for one piece of work after the guards passed.

@@ -1,0 +1,192 @@
+//! The bucket replica's changes that take more than one request or some bookkeeping:
+//! uploading a SOURCE file, making a name (and refusing one rclone could not restore
+//! beside its twin), writing a link object, removing a directory's keys, and the end of a
+//! pass (strays, the manifest). Every request runs without the manifest's lock held.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use rustix::fs::{Mode, OFlags};
+use tracing::{debug, info};
+
+use super::view::meta_for;
+use super::{BucketDir, BucketReplica, io_err, lock, name_of};
+use crate::bucket::manifest::Written;
+use crate::bucket::mapping::LINK_SUFFIX;
+use crate::bucket::{Manifest, ObjectKind, StoreError};
+use crate::entry::{Entry, Kind};
+use crate::error::EntryErrorKind;
+use crate::relpath::RelPath;
+use crate::replica::{Removal, Removed};
+
+impl BucketReplica {
+    /// Uploads SOURCE's file `name` (opened from `src_dir`, never through a link) to its
+    /// key; a file that kept changing is the engine's `ChangedDuringCopy`.
+    pub(super) fn upload(
+        &self,
+        src_dir: BorrowedFd<'_>,
+        dir: &BucketDir,
+        name: &CStr,
+    ) -> Result<u64, EntryErrorKind> {
+        let key = self.key(&dir.rel.join(name_of(name)), ObjectKind::File)?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd: OwnedFd = rustix::fs::openat(src_dir, name, flags, Mode::empty())
+            .map_err(|e| EntryErrorKind::Vanished(e.into()))?;
+        if Entry::stat_fd(&fd)?.kind != Kind::File {
+            let e = io::Error::other("no longer a regular file");
+            return Err(EntryErrorKind::Vanished(e));
+        }
+        let mut scratch = Manifest::default();
+        let up = match self.bucket.put_file(&key, File::from(fd), &mut scratch, &self.cancel) {
+            Ok(up) => up,
+            Err(StoreError::KeptChanging { .. }) => return Err(EntryErrorKind::ChangedDuringCopy),
+            Err(StoreError::Cancelled { .. }) => return Err(EntryErrorKind::Cancelled),
+            Err(StoreError::Source { source, .. }) => return Err(EntryErrorKind::Io(source)),
+            Err(e) => return Err(EntryErrorKind::Io(io_err(e))),
+        };
+        self.wrote(&key, Written { size: up.size, etag: up.etag, meta: up.meta });
+        Ok(up.size)
+    }
+
+    /// Notes that `name` in `dir` is being made as `kind`; refuses a name already there
+    /// and a symlink/directory pair that rclone would restore under one name.
+    pub(super) fn make(&self, dir: &BucketDir, name: &CStr, kind: ObjectKind) -> io::Result<()> {
+        let mut made = lock(&self.made);
+        let here = made.entry(dir.rel.clone()).or_default();
+        let seen = |n: &[u8], k: ObjectKind| {
+            let Ok(n) = CString::new(n) else { return false };
+            here.get(&n) == Some(&k) || dir.view.child(&dir.rel, &n).is_some_and(|c| c.kind == k)
+        };
+        let bytes = name.to_bytes();
+        let twin = match kind {
+            ObjectKind::Symlink => seen(&[bytes, LINK_SUFFIX.as_bytes()].concat(), ObjectKind::Dir),
+            ObjectKind::Dir => bytes
+                .strip_suffix(LINK_SUFFIX.as_bytes())
+                .is_some_and(|stem| seen(stem, ObjectKind::Symlink)),
+            ObjectKind::File => false,
+        };
+        if twin {
+            let why =
+                "a symlink x and a directory x.rclonelink would be one name after rclone's restore";
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, why));
+        }
+        if kind == ObjectKind::Dir
+            && (here.contains_key(name) || dir.view.child(&dir.rel, name).is_some())
+        {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        here.insert(name.to_owned(), kind);
+        Ok(())
+    }
+
+    /// Writes the `.rclonelink` object of `rel` with `target` and `src`'s attributes.
+    pub(super) fn put_link(&self, rel: &RelPath, target: &[u8], src: &Entry) -> io::Result<()> {
+        let key = self.key(rel, ObjectKind::Symlink)?;
+        let meta = meta_for(src);
+        let mut scratch = Manifest::default();
+        let etag = self
+            .bucket
+            .put_symlink(&key, OsStr::from_bytes(target), meta.clone(), &mut scratch)
+            .map_err(io_err)?;
+        self.wrote(&key, Written { size: target.len() as u64, etag, meta });
+        Ok(())
+    }
+
+    pub(super) fn remove_key(&self, key: &str) -> io::Result<()> {
+        self.bucket.remove(key, &mut Manifest::default()).map_err(io_err)?;
+        if let Some(m) = lock(&self.manifest).as_mut() {
+            m.forget(key);
+        }
+        Ok(())
+    }
+
+    /// Deletes the keys at and below the directory `name` of `dir`, from the pass's
+    /// listing, keeping excluded entries and the markers above them.
+    pub(super) fn remove_below(
+        &self,
+        dir: &BucketDir,
+        name: &CStr,
+        rules: &Removal<'_>,
+    ) -> io::Result<Removed> {
+        let top = dir.rel.join(name_of(name));
+        // Excluded: the entry, or a directory on its way below `top`, matches `keep`.
+        let excluded = |path: &RelPath, is_dir: bool| {
+            let Some(keep) = rules.keep else { return false };
+            let mut p = path.clone();
+            let mut p_is_dir = is_dir;
+            while p != top && !p.is_root() {
+                if keep(&p, p_is_dir) {
+                    return true;
+                }
+                p = p.parent().unwrap_or_default();
+                p_is_dir = true;
+            }
+            false
+        };
+        let mut removed = Removed::default();
+        let mut kept: Vec<RelPath> = Vec::new();
+        // Descendants come before their directory: a directory holding a kept entry stays.
+        for (path, child) in dir.view.below(&top) {
+            if (rules.stop)() {
+                return Err(io::Error::from(io::ErrorKind::Interrupted));
+            }
+            let is_dir = child.kind == ObjectKind::Dir;
+            if excluded(&path, is_dir) || (is_dir && kept.iter().any(|k| k.starts_with(&path))) {
+                removed.kept += 1;
+                kept.push(path);
+                continue;
+            }
+            if let Some(listed) = child.listed.as_ref().filter(|_| !rules.dry_run) {
+                self.remove_key(&listed.key)?;
+            }
+            removed.entries += 1;
+        }
+        if removed.kept == 0
+            && !rules.dry_run
+            && let Some(marker) = &self.child(dir, name)?.listed
+        {
+            self.remove_key(&marker.key)?;
+        }
+        Ok(removed)
+    }
+
+    /// The end of a pass: strays go after a clean one, then the manifest is saved.
+    pub(super) fn finish(
+        &self,
+        root: &BucketDir,
+        clean: bool,
+        keep: &dyn Fn(&RelPath, bool) -> bool,
+    ) -> io::Result<()> {
+        if clean {
+            let written = lock(&self.written).clone();
+            let prefix = self.bucket.inner().prefix().as_str().to_owned();
+            for stray in &root.view.strays {
+                let key = &stray.listed.key;
+                let is_dir = key.ends_with('/');
+                let rel = stray.rel.clone().or_else(|| {
+                    let rest = key.strip_prefix(&prefix)?.trim_matches('/');
+                    RelPath::new(Path::new(rest))
+                });
+                if written.contains(key) || rel.is_some_and(|r| keep(&r, is_dir)) {
+                    continue;
+                }
+                self.remove_key(key)?;
+                info!(action = %"remove", path = %key, kind = %"stray");
+            }
+        }
+        let heads = self.heads.load(Ordering::Relaxed);
+        debug!(
+            objects = root.view.objects(),
+            heads, "bucket: objects listed, HEADs made this pass"
+        );
+        let mut manifest = lock(&self.manifest).take().unwrap_or_default();
+        let saved = self.bucket.finish_pass(&mut manifest);
+        *lock(&self.manifest) = Some(manifest);
+        saved.map(drop).map_err(io_err)
+    }
+}
