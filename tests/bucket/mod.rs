@@ -8,6 +8,7 @@
 
 mod comparer;
 mod measure;
+mod once;
 mod roundtrip;
 mod store;
 

@@ -1,0 +1,243 @@
+//! `replicad SOURCE s3://BUCKET/PREFIX --once` end to end: the binary, a real Garage, the
+//! bucket oracle and a real rclone restore. Every file type, a second pass that does
+//! nothing, excludes, a dry run, strays, repairs of objects changed behind replicad's back,
+//! `--checksum`, the `.rclonelink` collision, and the refusals (start-up failures, the
+//! deletion guard, the live service). Non-UTF-8 and 255-byte names, setuid, owners and ns
+//! mtimes are in `rich_tree`.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+use replicad::bucket::Manifest;
+use replicad::bucket::meta::ObjectMeta;
+
+use super::roundtrip::rich_tree;
+use super::{TestBucket, connect};
+use crate::support::bucket::{
+    assert_bucket_mirrors, compare_restored, rclone_restore, read_bucket,
+};
+use crate::support::garage::{BUCKET, Garage};
+use crate::support::{Tree, replicad};
+
+/// `replicad SRC s3://BUCKET/PREFIX --once ARGS…` with Garage's environment.
+fn once(g: &Garage, src: &Path, prefix: &str, args: &[&str]) -> Output {
+    once_env(g, src, &format!("s3://{BUCKET}/{prefix}"), args, &[])
+}
+
+fn once_env(g: &Garage, src: &Path, url: &str, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = replicad();
+    cmd.envs(g.env()).envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.arg(src).arg(url).args(args);
+    if !args.contains(&"--dry-run") {
+        cmd.arg("--once");
+    }
+    cmd.output().expect("run replicad")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_status(o: &Output, code: i32) {
+    assert_eq!(o.status.code(), Some(code), "exit status\n{}", stderr(o));
+}
+
+/// The actions a run logged (`action=…` fields), in order.
+fn actions(o: &Output) -> Vec<String> {
+    stderr(o)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("action=")))
+        .map(|a| a.trim_matches('"').to_owned())
+        .collect()
+}
+
+fn put_raw(b: &TestBucket, key: &str, body: &[u8], meta: Option<&ObjectMeta>) {
+    let meta = meta.map(ObjectMeta::to_user_metadata).unwrap_or_default();
+    b.run(b.inner().client().put(key, body.to_vec(), meta)).expect("put behind replicad's back");
+}
+
+fn keys(b: &TestBucket) -> Vec<String> {
+    read_bucket(&b.settings, &b.url).into_keys().collect()
+}
+
+#[test]
+fn bucket_once_mirrors_every_type_then_does_nothing() {
+    let Some(g) = Garage::start("bucket_once_mirrors_every_type_then_does_nothing") else {
+        return;
+    };
+    let t = rich_tree();
+    let first = once(&g, t.src(), "m", &[]);
+    assert_status(&first, 0);
+    let err = stderr(&first);
+    assert_eq!(err.matches("special/fifo").count(), 1, "one warning for the FIFO\n{err}");
+    assert!(err.contains("skipped"), "{err}");
+    let b = connect(&g, "m");
+    assert_bucket_mirrors(t.src(), &b.settings, &b.url);
+    assert!(keys(&b).iter().any(|k| k == "m/.replicad/manifest"), "the manifest is saved");
+
+    // rclone restores it exactly, but for what it drops by design.
+    let restored = t.base().join("restored");
+    fs::create_dir(&restored).unwrap();
+    rclone_restore(&g, BUCKET, &b.url.prefix, &restored);
+    let without_fifo = t.base().join("src-without-fifo");
+    let cp = std::process::Command::new("cp").arg("-a").arg(t.src()).arg(&without_fifo).status();
+    assert!(cp.unwrap().success());
+    fs::remove_file(without_fifo.join("special/fifo")).unwrap();
+    if let Err(diff) = compare_restored(&without_fifo, &restored) {
+        panic!("rclone's restore of replicad's bucket differs from SOURCE\n{diff}");
+    }
+
+    // Nothing changed: nothing is written, and the manifest answers for every object.
+    let second = once(&g, t.src(), "m", &["-v"]);
+    assert_status(&second, 0);
+    assert_eq!(actions(&second), Vec::<String>::new(), "{}", stderr(&second));
+    assert!(stderr(&second).contains("heads=0"), "no HEAD on a no-op pass\n{}", stderr(&second));
+    assert_bucket_mirrors(t.src(), &b.settings, &b.url);
+}
+
+#[test]
+fn bucket_once_repairs_what_changed_behind_its_back() {
+    let Some(g) = Garage::start("bucket_once_repairs_what_changed_behind_its_back") else {
+        return;
+    };
+    let t = Tree::new();
+    t.file("a.txt", b"alpha").file("d/b.txt", b"bravo").file("d/c.txt", b"charlie");
+    t.dir("empty").symlink("l", "a.txt").chmod("d", 0o750);
+    assert_status(&once(&g, t.src(), "r", &[]), 0);
+    let b = connect(&g, "r");
+    // Edited (other bytes, no metadata), deleted (a file and a marker), metadata changed,
+    // extra objects (a mirrored-looking one and keys no path maps to).
+    put_raw(&b, "r/a.txt", b"tampered", None);
+    b.remove("r/d/b.txt", &mut Manifest::default()).unwrap();
+    b.remove("r/empty/", &mut Manifest::default()).unwrap();
+    let mut meta = super::meta_of(&t.src().join("d/c.txt"));
+    meta.mode = 0o100777;
+    put_raw(&b, "r/d/c.txt", b"charlie", Some(&meta));
+    put_raw(&b, "r/extra.txt", b"not in SOURCE", None);
+    put_raw(&b, "r/d/sub/deeper", b"not in SOURCE either", None);
+    put_raw(&b, "r/odd//key", b"foreign", None);
+    let repair = once(&g, t.src(), "r", &[]);
+    assert_status(&repair, 0);
+    assert_bucket_mirrors(t.src(), &b.settings, &b.url);
+    let err = stderr(&repair);
+    assert!(err.contains("kind=stray") && err.contains("odd//key"), "{err}");
+    // And the next pass finds nothing to do.
+    let again = once(&g, t.src(), "r", &[]);
+    assert_status(&again, 0);
+    assert_eq!(actions(&again), Vec::<String>::new(), "{}", stderr(&again));
+}
+
+#[test]
+fn bucket_once_checksum_compares_md5() {
+    let Some(g) = Garage::start("bucket_once_checksum_compares_md5") else { return };
+    let t = Tree::new();
+    t.file("same-size.txt", b"original");
+    assert_status(&once(&g, t.src(), "c", &[]), 0);
+    let b = connect(&g, "c");
+    // Same size and metadata, other bytes: only --checksum can tell.
+    let meta = super::meta_of(&t.src().join("same-size.txt"));
+    put_raw(&b, "c/same-size.txt", b"ORIGINAL", Some(&meta));
+    let quick = once(&g, t.src(), "c", &[]);
+    assert_status(&quick, 0);
+    assert_eq!(actions(&quick), Vec::<String>::new(), "{}", stderr(&quick));
+    let checked = once(&g, t.src(), "c", &["--checksum"]);
+    assert_status(&checked, 0);
+    assert_eq!(actions(&checked), vec!["update"], "{}", stderr(&checked));
+    assert_bucket_mirrors(t.src(), &b.settings, &b.url);
+}
+
+#[test]
+fn bucket_once_excludes_and_dry_run() {
+    let Some(g) = Garage::start("bucket_once_excludes_and_dry_run") else { return };
+    let t = Tree::new();
+    t.file("keep.txt", b"k").file("skip.log", b"s").file("cache/x", b"x").file("d/y.log", b"y");
+    let b = connect(&g, "x");
+    // An excluded path already in the bucket is neither mirrored nor removed.
+    put_raw(&b, "x/old.log", b"kept", None);
+
+    let dry = once(&g, t.src(), "x", &["--dry-run", "--exclude", "*.log", "--exclude", "/cache"]);
+    assert_status(&dry, 0);
+    assert!(actions(&dry).contains(&"copy".to_owned()), "{}", stderr(&dry));
+    assert_eq!(keys(&b), vec!["x/old.log".to_owned()], "a dry run writes nothing");
+
+    let run = once(&g, t.src(), "x", &["--exclude", "*.log", "--exclude", "/cache"]);
+    assert_status(&run, 0);
+    let mut got = keys(&b);
+    got.retain(|k| !k.starts_with("x/.replicad/"));
+    assert_eq!(got, vec!["x/d/", "x/keep.txt", "x/old.log"]);
+}
+
+#[test]
+fn bucket_once_refuses_a_link_suffix_collision() {
+    let Some(g) = Garage::start("bucket_once_refuses_a_link_suffix_collision") else { return };
+    let t = Tree::new();
+    t.symlink("x", "the-target").file("x.rclonelink", b"a real file");
+    let run = once(&g, t.src(), "k", &[]);
+    assert_status(&run, 23);
+    let err = stderr(&run);
+    assert!(err.contains("cannot mirror entry") && err.contains("x.rclonelink"), "{err}");
+    let b = connect(&g, "k");
+    let objects = read_bucket(&b.settings, &b.url);
+    assert_eq!(objects["k/x.rclonelink"].bytes, b"the-target", "the symlink's object stands");
+}
+
+/// What is wrong, the URL, and the variables that differ from Garage's.
+type Case = (&'static str, String, Vec<(&'static str, String)>);
+
+#[test]
+fn bucket_once_startup_failures_are_one_line() {
+    let Some(g) = Garage::start("bucket_once_startup_failures_are_one_line") else { return };
+    let t = Tree::new();
+    t.file("f", b"f");
+    let url = format!("s3://{BUCKET}/s");
+    let cases: [Case; 3] = [
+        ("wrong key", url.clone(), vec![("AWS_SECRET_ACCESS_KEY", "0".repeat(64))]),
+        ("missing bucket", "s3://no-such-bucket/s".to_owned(), vec![]),
+        (
+            "unreachable endpoint",
+            url.clone(),
+            vec![("AWS_ENDPOINT_URL", "http://127.0.0.1:9".to_owned())],
+        ),
+    ];
+    for (what, url, env) in cases {
+        let out = once_env(&g, t.src(), &url, &[], &env);
+        assert_status(&out, 1);
+        let err = stderr(&out);
+        let errors: Vec<&str> = err.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{what}: one line\n{err}");
+        assert!(errors[0].contains("replica s3://"), "{what}: {err}");
+    }
+    let b = connect(&g, "s");
+    assert_eq!(keys(&b), Vec::<String>::new(), "nothing written");
+
+    // The live service into a bucket is not there yet: refused before anything starts.
+    let mut cmd = replicad();
+    let out = cmd.envs(g.env()).arg(t.src()).arg(&url).output().unwrap();
+    assert_status(&out, 1);
+    assert!(stderr(&out).contains("issue #13"), "{}", stderr(&out));
+}
+
+#[test]
+fn bucket_once_deletion_guard_refuses_an_empty_source() {
+    let Some(g) = Garage::start("bucket_once_deletion_guard_refuses_an_empty_source") else {
+        return;
+    };
+    let t = Tree::new();
+    t.file("f", b"f").dir("d");
+    assert_status(&once(&g, t.src(), "g", &[]), 0);
+    let b = connect(&g, "g");
+    let before = read_bucket(&b.settings, &b.url);
+    fs::remove_file(t.src().join("f")).unwrap();
+    fs::remove_dir(t.src().join("d")).unwrap();
+    let refused = once(&g, t.src(), "g", &[]);
+    assert_status(&refused, 1);
+    assert!(stderr(&refused).contains("source is empty"), "{}", stderr(&refused));
+    assert_eq!(read_bucket(&b.settings, &b.url), before, "nothing deleted");
+    let allowed = once(&g, t.src(), "g", &["--allow-empty-source"]);
+    assert_status(&allowed, 0);
+    let mut left = keys(&b);
+    left.retain(|k| !k.starts_with("g/.replicad/"));
+    assert_eq!(left, Vec::<String>::new());
+}
