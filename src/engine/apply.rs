@@ -102,10 +102,6 @@ impl<R: Replica> Engine<R> {
         dst: &Entry,
         counters: &Counters,
     ) -> Result<(), EntryError> {
-        if dst.kind == Kind::File && !self.replica.caps().file_attrs_in_place {
-            // Metadata is part of the object there: the file is written again, whole.
-            return self.create_entry(src_dir, dst_dir, name, rel, src, Some(dst), true, counters);
-        }
         let mut diff = src.attr_diff(dst, self.rules().owners, &self.rules().mtimes);
         let mut want = None;
         if let (Some(support), Some(dir)) = (self.xattrs(), dst_dir) {
@@ -133,6 +129,10 @@ impl<R: Replica> Engine<R> {
         }
         if diff.is_empty() {
             return Ok(());
+        }
+        if dst.kind == Kind::File && !self.replica.caps().file_attrs_in_place {
+            // Metadata is part of the object there: the file is written again, whole.
+            return self.create_entry(src_dir, dst_dir, name, rel, src, Some(dst), true, counters);
         }
         if let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) {
             self.replica
