@@ -10,6 +10,7 @@ mod comparer;
 mod measure;
 mod once;
 mod roundtrip;
+mod scale;
 mod store;
 
 use std::fs::{self, File, OpenOptions};

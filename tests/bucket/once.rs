@@ -181,6 +181,27 @@ fn bucket_once_refuses_a_link_suffix_collision() {
     let b = connect(&g, "k");
     let objects = read_bucket(&b.settings, &b.url);
     assert_eq!(objects["k/x.rclonelink"].bytes, b"the-target", "the symlink's object stands");
+
+    // A directory `y.rclonelink` beside a symlink `y`: rclone would restore both as one
+    // name; whichever comes second is refused, on every pass, and nothing is overwritten.
+    t.remove("x.rclonelink").symlink("y", "why").file("y.rclonelink/inside", b"i");
+    for _ in 0..2 {
+        let run = once(&g, t.src(), "k", &[]);
+        assert_status(&run, 23);
+        let err = stderr(&run);
+        let refused: Vec<&str> =
+            err.lines().filter(|l| l.contains("cannot mirror entry")).collect();
+        assert_eq!(refused.len(), 1, "{err}");
+        assert!(refused[0].contains("rclone's restore"), "{err}");
+        let objects = read_bucket(&b.settings, &b.url);
+        let link = objects.get("k/y.rclonelink").map(|o| o.bytes.as_slice());
+        let dir = objects.contains_key("k/y.rclonelink/");
+        assert!(
+            (link == Some(&b"why"[..])) ^ dir,
+            "exactly one of the two is stored: {:?}",
+            objects.keys()
+        );
+    }
 }
 
 /// What is wrong, the URL, and the variables that differ from Garage's.

@@ -73,7 +73,7 @@ impl BucketReplica {
         if twin {
             let why =
                 "a symlink x and a directory x.rclonelink would be one name after rclone's restore";
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, why));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
         }
         if kind == ObjectKind::Dir
             && (here.contains_key(name) || dir.view.child(&dir.rel, name).is_some())
@@ -185,6 +185,12 @@ impl BucketReplica {
             heads, "bucket: objects listed, HEADs made this pass"
         );
         let mut manifest = lock(&self.manifest).take().unwrap_or_default();
+        // Nothing written or learned: the manifest stands as loaded, and the LIST that
+        // would bind writes is not needed (a no-op pass stays at ⌈N/1000⌉ LISTs).
+        if lock(&self.written).is_empty() && !manifest.is_dirty() {
+            *lock(&self.manifest) = Some(manifest);
+            return Ok(());
+        }
         let saved = self.bucket.finish_pass(&mut manifest);
         *lock(&self.manifest) = Some(manifest);
         saved.map(drop).map_err(io_err)
