@@ -35,7 +35,7 @@ pub fn run_once(
     let bucket = match runtime.block_on(connect) {
         Ok(b) => b,
         Err(e) => {
-            error!("replica s3://{}/{}: {}", url.bucket, url.prefix.as_str(), one_line(&e));
+            error!("replica {}", one_line(&e));
             return 1;
         }
     };
