@@ -130,6 +130,28 @@ fn bucket_once_repairs_what_changed_behind_its_back() {
 }
 
 #[test]
+fn bucket_once_follows_type_changes_in_one_pass() {
+    let Some(g) = Garage::start("bucket_once_follows_type_changes_in_one_pass") else { return };
+    let t = Tree::new();
+    t.file("file-to-link", b"f").symlink("link-to-file", "x").file("file-to-dir", b"f");
+    t.file("dir-to-file/inner", b"i").symlink("link-to-dir", "y").file("keep", b"k");
+    assert_status(&once(&g, t.src(), "t", &[]), 0);
+    t.remove("file-to-link").symlink("file-to-link", "now a link");
+    t.remove("link-to-file").file("link-to-file", b"now a file");
+    t.remove("file-to-dir").file("file-to-dir/inside", b"now a dir");
+    t.remove("dir-to-file").file("dir-to-file", b"now a file");
+    t.remove("link-to-dir").dir("link-to-dir");
+    let changed = once(&g, t.src(), "t", &[]);
+    assert_status(&changed, 0);
+    let b = connect(&g, "t");
+    // Exactly SOURCE's objects: the old kind's key of each name is gone in the same pass.
+    assert_bucket_mirrors(t.src(), &b.settings, &b.url);
+    let again = once(&g, t.src(), "t", &[]);
+    assert_status(&again, 0);
+    assert_eq!(actions(&again), Vec::<String>::new(), "{}", stderr(&again));
+}
+
+#[test]
 fn bucket_once_checksum_compares_md5() {
     let Some(g) = Garage::start("bucket_once_checksum_compares_md5") else { return };
     let t = Tree::new();

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use rustix::fs::{Mode, OFlags};
 use tracing::{debug, info};
 
-use super::view::meta_for;
+use super::view::{Child, meta_for};
 use super::{BucketDir, BucketReplica, io_err, lock, name_of};
 use crate::bucket::manifest::Written;
 use crate::bucket::mapping::LINK_SUFFIX;
@@ -50,7 +50,25 @@ impl BucketReplica {
             Err(e) => return Err(EntryErrorKind::Io(io_err(e))),
         };
         self.wrote(&key, Written { size: up.size, etag: up.etag, meta: up.meta });
+        self.drop_other(dir, name, ObjectKind::File)?;
         Ok(up.size)
+    }
+
+    /// After `name` was written as `kind`: the object that stood for `name` as the other
+    /// non-directory kind (a symlink replaced by a file, or the reverse) has another key,
+    /// and goes now — locally the rename would have replaced it.
+    pub(super) fn drop_other(
+        &self,
+        dir: &BucketDir,
+        name: &CStr,
+        kind: ObjectKind,
+    ) -> io::Result<()> {
+        match dir.view.child(&dir.rel, name) {
+            Some(Child { kind: k, listed: Some(old) }) if *k != kind && *k != ObjectKind::Dir => {
+                self.remove_key(&old.key)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Notes that `name` in `dir` is being made as `kind`; refuses a name already there
@@ -75,8 +93,11 @@ impl BucketReplica {
                 "a symlink x and a directory x.rclonelink would be one name after rclone's restore";
             return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
         }
+        // A non-directory listed here was removed by the engine to make way just before.
+        let is_dir = |c: &Child| c.kind == ObjectKind::Dir;
         if kind == ObjectKind::Dir
-            && (here.contains_key(name) || dir.view.child(&dir.rel, name).is_some())
+            && (here.get(name) == Some(&ObjectKind::Dir)
+                || dir.view.child(&dir.rel, name).is_some_and(is_dir))
         {
             return Err(io::Error::from(io::ErrorKind::AlreadyExists));
         }

@@ -237,7 +237,8 @@ impl Replica for BucketReplica {
     fn open_dir(&self, parent: &BucketDir, name: &CStr) -> io::Result<BucketDir> {
         let listed = parent.view.child(&parent.rel, name).map(|c| c.kind);
         let made = lock(&self.made).get(&parent.rel).and_then(|m| m.get(name).copied());
-        match listed.or(made) {
+        // Made this pass first: it replaced whatever the listing showed there.
+        match made.or(listed) {
             Some(ObjectKind::Dir) => {
                 Ok(BucketDir { rel: parent.rel.join(name_of(name)), view: parent.view.clone() })
             }
@@ -265,9 +266,11 @@ impl Replica for BucketReplica {
 
     fn stat_dir(&self, dir: &BucketDir) -> io::Result<Entry> {
         let child = match (dir.rel.parent(), dir.rel.file_name()) {
-            (Some(parent), Some(name)) => CString::new(name.as_bytes())
-                .ok()
-                .and_then(|name| dir.view.child(&parent, &name).cloned()),
+            (Some(parent), Some(name)) => CString::new(name.as_bytes()).ok().and_then(|name| {
+                let made = lock(&self.made).get(&parent).is_some_and(|m| m.contains_key(&name));
+                // Made this pass, in place of whatever the listing showed: no marker yet.
+                (!made).then(|| dir.view.child(&parent, &name).cloned()).flatten()
+            }),
             _ => None,
         };
         // The root, or a directory made this pass: no marker yet.
@@ -340,7 +343,8 @@ impl Replica for BucketReplica {
         let rel = dir.rel.join(name_of(name));
         self.key(&rel, ObjectKind::Symlink)?;
         self.make(dir, name, ObjectKind::Symlink)?;
-        self.put_link(&rel, target.to_bytes(), src)
+        self.put_link(&rel, target.to_bytes(), src)?;
+        self.drop_other(dir, name, ObjectKind::Symlink)
     }
 
     fn make_special(
