@@ -68,8 +68,22 @@ fn bucket_once_ten_thousand_files_then_a_no_op_without_heads() {
     let first = once(&g, &t, "many", &[]);
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
     assert_eq!(changes(&first), 10_100, "every file copied, every directory created");
+    let before = g.s3_requests();
     let noop = once(&g, &t, "many", &["-v"]);
+    let after = g.s3_requests();
     assert_eq!(noop.status.code(), Some(0), "{}", stderr(&noop));
+    let made: std::collections::BTreeMap<&str, u64> = after
+        .iter()
+        .map(|(k, n)| (k.as_str(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    eprintln!("requests of a no-op pass over 10,100 objects: {made:?}");
+    // The start-up check's LIST of one key, the manifest's GET, and one LIST per 1,000 keys
+    // (10,101 with the manifest): nothing else.
+    let lists = made.get("ListObjectsV2").copied().unwrap_or(0);
+    assert_eq!(lists, 1 + 11, "{made:?}");
+    assert_eq!(made.get("GetObject"), Some(&1), "{made:?}");
+    assert_eq!(made.values().sum::<u64>(), lists + 1, "no HEAD, PUT or DELETE: {made:?}");
     assert_eq!(changes(&noop), 0, "{}", stderr(&noop));
     let err = stderr(&noop);
     assert!(err.contains("objects=10100 heads=0"), "every object from the manifest\n{err}");
