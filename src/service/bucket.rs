@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::bucket::error::one_line;
 use crate::bucket::{BlockingBucket, Bucket, BucketUrl, Retries, S3Settings, UploadPolicy};
@@ -39,6 +39,9 @@ pub fn run_once(
             return 1;
         }
     };
+    if config.verify {
+        warn!("--verify has no effect on a bucket yet: objects are not read back after upload");
+    }
     let blocking = BlockingBucket::new(bucket, runtime.handle().clone());
     let replica = BucketReplica::new(blocking, cancel.clone());
     let engine =

@@ -18,7 +18,7 @@ use crate::support::bucket::{
     assert_bucket_mirrors, compare_restored, rclone_restore, read_bucket,
 };
 use crate::support::garage::{BUCKET, Garage};
-use crate::support::{Tree, replicad};
+use crate::support::{Tree, as_nobody, replicad};
 
 /// `replicad SRC s3://BUCKET/PREFIX --once ARGS…` with Garage's environment.
 fn once(g: &Garage, src: &Path, prefix: &str, args: &[&str]) -> Output {
@@ -283,4 +283,23 @@ fn bucket_once_deletion_guard_refuses_an_empty_source() {
     let mut left = keys(&b);
     left.retain(|k| !k.starts_with("g/.replicad/"));
     assert_eq!(left, Vec::<String>::new());
+}
+
+#[test]
+fn bucket_once_unreadable_source_file_is_an_error_not_a_vanish() {
+    let Some(g) = Garage::start("bucket_once_unreadable_source_file_is_an_error") else {
+        return;
+    };
+    let t = Tree::new();
+    t.file("readable", b"r").file("secret", b"s").chmod("secret", 0o000);
+    fs::set_permissions(t.base(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let url = format!("s3://{BUCKET}/u");
+    let out = as_nobody().envs(g.env()).arg("--once").arg(t.src()).arg(&url).output().unwrap();
+    // 23 like locally (an entry error), not 24 (vanished): the file is there, unreadable.
+    assert_status(&out, 23);
+    let err = stderr(&out);
+    assert!(err.contains("cannot mirror entry") && err.contains("path=secret"), "{err}");
+    let b = connect(&g, "u");
+    let keys = keys(&b);
+    assert!(keys.contains(&"u/readable".to_owned()) && !keys.contains(&"u/secret".to_owned()));
 }

@@ -4,14 +4,12 @@
 //! pass (strays, the manifest). Every request runs without the manifest's lock held.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::fs::File;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use rustix::fs::{Mode, OFlags};
 use tracing::{debug, info};
 
 use super::view::{Child, meta_for};
@@ -21,6 +19,7 @@ use crate::bucket::mapping::LINK_SUFFIX;
 use crate::bucket::{Manifest, ObjectKind, StoreError};
 use crate::entry::{Entry, Kind};
 use crate::error::EntryErrorKind;
+use crate::ops;
 use crate::relpath::RelPath;
 use crate::replica::{Removal, Removed};
 
@@ -34,15 +33,17 @@ impl BucketReplica {
         name: &CStr,
     ) -> Result<u64, EntryErrorKind> {
         let key = self.key(&dir.rel.join(name_of(name)), ObjectKind::File)?;
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd: OwnedFd = rustix::fs::openat(src_dir, name, flags, Mode::empty())
-            .map_err(|e| EntryErrorKind::Vanished(e.into()))?;
-        if Entry::stat_fd(&fd)?.kind != Kind::File {
-            let e = io::Error::other("no longer a regular file");
-            return Err(EntryErrorKind::Vanished(e));
+        // As the local copy does: gone is benign, unreadable is an error, another type
+        // than a file (swapped in since the stat) is a change under the copy.
+        let file = ops::open_source_file(src_dir, name).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) => EntryErrorKind::Vanished(e),
+            _ => EntryErrorKind::Io(e),
+        })?;
+        if Entry::stat_fd(&file)?.kind != Kind::File {
+            return Err(EntryErrorKind::ChangedDuringCopy);
         }
         let mut scratch = Manifest::default();
-        let up = match self.bucket.put_file(&key, File::from(fd), &mut scratch, &self.cancel) {
+        let up = match self.bucket.put_file(&key, file, &mut scratch, &self.cancel) {
             Ok(up) => up,
             Err(StoreError::KeptChanging { .. }) => return Err(EntryErrorKind::ChangedDuringCopy),
             Err(StoreError::Cancelled { .. }) => return Err(EntryErrorKind::Cancelled),
