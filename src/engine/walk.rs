@@ -16,7 +16,7 @@ use crate::entry::Entry;
 use crate::error::{EntryError, Op};
 use crate::ops::{self, Handle, Xattrs};
 use crate::relpath::RelPath;
-use crate::replica::{DirItem, Replica, Roots};
+use crate::replica::{DirItem, PassEnd, Replica, Roots};
 
 use super::Engine;
 use super::decide::{Action, Item};
@@ -116,13 +116,15 @@ impl<R: Replica> Engine<R> {
                 self.record(counters, EntryError::io(Op::Sync, &root, e));
             }
         }
-        if !self.opts.dry_run && !self.cancel.is_cancelled() {
-            let clean = counters.snapshot().errors == 0;
+        if !self.cancel.is_cancelled() {
             let keep = |p: &RelPath, is_dir: bool| self.excludes.matches_path_or_parent(p, is_dir);
-            let ended = end_root
-                .map_or(Ok(()), |fd| fd.and_then(|fd| self.replica.end_pass(&fd, clean, &keep)));
-            if let Err(e) = ended {
-                self.record(counters, EntryError::io(Op::Sync, &root, e));
+            let clean = counters.snapshot().errors == 0;
+            let end = PassEnd { clean, dry_run: self.opts.dry_run, keep: &keep };
+            let ended =
+                end_root.map_or(Ok(0), |fd| fd.and_then(|fd| self.replica.end_pass(&fd, &end)));
+            match ended {
+                Ok(removed) => Counters::bump(&counters.remove, removed),
+                Err(e) => self.record(counters, EntryError::io(Op::Sync, &root, e)),
             }
         }
     }

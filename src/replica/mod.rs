@@ -107,6 +107,16 @@ pub struct Caps {
     pub root_attrs: bool,
 }
 
+/// How a full pass ended, for [`Replica::end_pass`].
+pub struct PassEnd<'a> {
+    /// No entry failed.
+    pub clean: bool,
+    /// `--dry-run`: say what would be done, write nothing.
+    pub dry_run: bool,
+    /// Excluded paths (and whether a directory): never removed.
+    pub keep: &'a dyn Fn(&RelPath, bool) -> bool,
+}
+
 /// What a file copy needs from the engine.
 pub struct Copying<'a> {
     /// Digest cache for `--verify`.
@@ -144,17 +154,13 @@ pub trait Replica: Send + Sync + 'static {
     /// Makes everything written so far durable (end of a pass without `--fsync`).
     fn flush(&self, root: &Self::Dir) -> io::Result<()>;
 
-    /// The end of a full pass that was neither a dry run nor stopped, whether or not it
-    /// changed anything; `clean`: no entry failed. `keep` says which paths are excluded
-    /// (never removed). Locally nothing is left to do; a bucket removes the keys no SOURCE
-    /// path maps to (after a clean pass only) and saves its quick-check manifest.
-    fn end_pass(
-        &self,
-        _root: &Self::Dir,
-        _clean: bool,
-        _keep: &dyn Fn(&RelPath, bool) -> bool,
-    ) -> io::Result<()> {
-        Ok(())
+    /// The end of a full pass that was not stopped, whether or not it changed anything (a
+    /// dry run included: then nothing may be written). Returns how many entries it removed
+    /// (each logged by the replica), for the pass's counts. Locally nothing is left to do;
+    /// a bucket removes the keys no SOURCE path maps to (after a clean pass only) and saves
+    /// its quick-check manifest.
+    fn end_pass(&self, _root: &Self::Dir, _end: &PassEnd<'_>) -> io::Result<u64> {
+        Ok(0)
     }
 
     /// A second handle on the same directory.

@@ -176,13 +176,16 @@ fn bucket_once_excludes_and_dry_run() {
     let t = Tree::new();
     t.file("keep.txt", b"k").file("skip.log", b"s").file("cache/x", b"x").file("d/y.log", b"y");
     let b = connect(&g, "x");
-    // An excluded path already in the bucket is neither mirrored nor removed.
+    // An excluded path already in the bucket is neither mirrored nor removed; a key no
+    // path maps to is a stray, which the dry run only names.
     put_raw(&b, "x/old.log", b"kept", None);
+    put_raw(&b, "x/odd//key", b"stray", None);
 
     let dry = once(&g, t.src(), "x", &["--dry-run", "--exclude", "*.log", "--exclude", "/cache"]);
     assert_status(&dry, 0);
     assert!(actions(&dry).contains(&"copy".to_owned()), "{}", stderr(&dry));
-    assert_eq!(keys(&b), vec!["x/old.log".to_owned()], "a dry run writes nothing");
+    assert!(stderr(&dry).contains("kind=stray"), "{}", stderr(&dry));
+    assert_eq!(keys(&b), vec!["x/odd//key", "x/old.log"], "a dry run writes nothing");
 
     let run = once(&g, t.src(), "x", &["--exclude", "*.log", "--exclude", "/cache"]);
     assert_status(&run, 0);

@@ -21,7 +21,7 @@ use crate::entry::{Entry, Kind};
 use crate::error::EntryErrorKind;
 use crate::ops;
 use crate::relpath::RelPath;
-use crate::replica::{Removal, Removed};
+use crate::replica::{PassEnd, Removal, Removed};
 
 impl BucketReplica {
     /// Uploads SOURCE's file `name` (opened from `src_dir`, never through a link) to its
@@ -177,14 +177,11 @@ impl BucketReplica {
         Ok(removed)
     }
 
-    /// The end of a pass: strays go after a clean one, then the manifest is saved.
-    pub(super) fn finish(
-        &self,
-        root: &BucketDir,
-        clean: bool,
-        keep: &dyn Fn(&RelPath, bool) -> bool,
-    ) -> io::Result<()> {
-        if clean {
+    /// The end of a pass: strays go after a clean one (a dry run only says so), then the
+    /// manifest is saved if this pass wrote or learned anything. The strays removed.
+    pub(super) fn finish(&self, root: &BucketDir, end: &PassEnd<'_>) -> io::Result<u64> {
+        let mut removed = 0;
+        if end.clean {
             let written = lock(&self.written).clone();
             let prefix = self.bucket.inner().prefix().as_str().to_owned();
             for stray in &root.view.strays {
@@ -194,12 +191,18 @@ impl BucketReplica {
                     let rest = key.strip_prefix(&prefix)?.trim_matches('/');
                     RelPath::new(Path::new(rest))
                 });
-                if written.contains(key) || rel.is_some_and(|r| keep(&r, is_dir)) {
+                if written.contains(key) || rel.is_some_and(|r| (end.keep)(&r, is_dir)) {
                     continue;
                 }
-                self.remove_key(key)?;
+                if !end.dry_run {
+                    self.remove_key(key)?;
+                }
                 info!(action = %"remove", path = %key, kind = %"stray");
+                removed += 1;
             }
+        }
+        if end.dry_run {
+            return Ok(removed);
         }
         let heads = self.heads.load(Ordering::Relaxed);
         debug!(
@@ -211,10 +214,10 @@ impl BucketReplica {
         // would bind writes is not needed (a no-op pass stays at ⌈N/1000⌉ LISTs).
         if lock(&self.written).is_empty() && !manifest.is_dirty() {
             *lock(&self.manifest) = Some(manifest);
-            return Ok(());
+            return Ok(removed);
         }
         let saved = self.bucket.finish_pass(&mut manifest);
         *lock(&self.manifest) = Some(manifest);
-        saved.map(drop).map_err(io_err)
+        saved.map(|_| removed).map_err(io_err)
     }
 }

@@ -39,7 +39,7 @@ use rustix::fs::FileType;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Caps, Copying, DirItem, Expect, Removal, Removed, Replica, Roots, XattrSupport, Xattrs,
+    Caps, Copying, DirItem, Expect, PassEnd, Removal, Removed, Replica, Roots, XattrSupport, Xattrs,
 };
 use crate::bucket::etag::{content_md5, etag_md5};
 use crate::bucket::manifest::Written;
@@ -221,13 +221,8 @@ impl Replica for BucketReplica {
         Ok(())
     }
 
-    fn end_pass(
-        &self,
-        root: &BucketDir,
-        clean: bool,
-        keep: &dyn Fn(&RelPath, bool) -> bool,
-    ) -> io::Result<()> {
-        self.finish(root, clean, keep)
+    fn end_pass(&self, root: &BucketDir, end: &PassEnd<'_>) -> io::Result<u64> {
+        self.finish(root, end)
     }
 
     fn try_clone_dir(&self, dir: &BucketDir) -> io::Result<BucketDir> {
