@@ -68,11 +68,15 @@ fn bucket_once_mirrors_every_type_then_does_nothing() {
         return;
     };
     let t = rich_tree();
+    t.socket("special/sock").chardev("special/null", 1, 3);
     let first = once(&g, t.src(), "m", &[]);
     assert_status(&first, 0);
     let err = stderr(&first);
-    assert_eq!(err.matches("special/fifo").count(), 1, "one warning for the FIFO\n{err}");
-    assert!(err.contains("skipped"), "{err}");
+    for special in ["special/fifo", "special/sock", "special/null"] {
+        let warned: Vec<&str> = err.lines().filter(|l| l.contains(special)).collect();
+        assert_eq!(warned.len(), 1, "one warning for {special}\n{err}");
+        assert!(warned[0].contains("WARN") && warned[0].contains("skipped"), "{err}");
+    }
     let b = connect(&g, "m");
     assert_bucket_mirrors(t.src(), &b.settings, &b.url);
     assert!(keys(&b).iter().any(|k| k == "m/.replicad/manifest"), "the manifest is saved");
@@ -84,7 +88,9 @@ fn bucket_once_mirrors_every_type_then_does_nothing() {
     let without_fifo = t.base().join("src-without-fifo");
     let cp = std::process::Command::new("cp").arg("-a").arg(t.src()).arg(&without_fifo).status();
     assert!(cp.unwrap().success());
-    fs::remove_file(without_fifo.join("special/fifo")).unwrap();
+    for special in ["special/fifo", "special/sock", "special/null"] {
+        fs::remove_file(without_fifo.join(special)).unwrap();
+    }
     if let Err(diff) = compare_restored(&without_fifo, &restored) {
         panic!("rclone's restore of replicad's bucket differs from SOURCE\n{diff}");
     }
