@@ -193,12 +193,11 @@ impl Replica for BucketReplica {
         let unusable =
             |e: StoreError| GuardTrip::ReplicaUnusable(crate::bucket::error::one_line(&e));
         let open = || {
-            let mut manifest = lock(&self.manifest);
-            if manifest.is_none() {
+            if lock(&self.manifest).is_none() {
                 // A cache: a missing or unreadable one costs HEADs; a failed GET is a trip.
-                *manifest = Some(self.bucket.load_manifest().map_err(unusable)?);
+                let loaded = self.bucket.load_manifest().map_err(unusable)?;
+                *lock(&self.manifest) = Some(loaded);
             }
-            drop(manifest);
             let view = Arc::new(View::new(self.bucket.list().map_err(unusable)?));
             lock(&self.written).clear();
             lock(&self.made).clear();
@@ -256,7 +255,11 @@ impl Replica for BucketReplica {
     }
 
     fn stat(&self, dir: &BucketDir, name: &CStr) -> io::Result<Option<Entry>> {
-        dir.view.child(&dir.rel, name).map(|c| self.entry(c)).transpose()
+        match dir.view.child(&dir.rel, name).map(|c| self.entry(c)).transpose() {
+            // Deleted between the LIST and the HEAD: nothing there, as an lstat would say.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            other => other,
+        }
     }
 
     fn stat_dir(&self, dir: &BucketDir) -> io::Result<Entry> {
@@ -281,10 +284,12 @@ impl Replica for BucketReplica {
     }
 
     fn link_target_is(&self, dir: &BucketDir, name: &CStr, target: &CStr) -> bool {
-        // A link object is one PUT: its ETag is the MD5 of the target, so no GET is needed.
+        // A link object is one PUT: its ETag is the MD5 of the target, so an equal one needs
+        // no GET. Any other (a changed target, or an ETag that is no MD5: SSE) is read.
+        let want: [u8; 16] = Md5::digest(target.to_bytes()).into();
         match self.object(dir, name).ok().and_then(|l| etag_md5(&l.etag)) {
-            Some(md5) => md5 == <[u8; 16]>::from(Md5::digest(target.to_bytes())),
-            None => self.read_link(dir, name).is_ok_and(|t| t.as_c_str() == target),
+            Some(md5) if md5 == want => true,
+            _ => self.read_link(dir, name).is_ok_and(|t| t.as_c_str() == target),
         }
     }
 
