@@ -5,6 +5,7 @@
 //! deletion guard, the live service). Non-UTF-8 and 255-byte names, setuid, owners and ns
 //! mtimes are in `rich_tree`.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Output;
@@ -311,4 +312,31 @@ fn bucket_once_unreadable_source_file_is_an_error_not_a_vanish() {
     let b = connect(&g, "u");
     let keys = keys(&b);
     assert!(keys.contains(&"u/readable".to_owned()) && !keys.contains(&"u/secret".to_owned()));
+}
+
+/// A tree rclone uploaded (`rclone sync --metadata --links --s3-directory-markers`) is
+/// adopted without uploading a file again: rclone's file and link metadata is the
+/// mapping's; only directory markers (rclone writes them without mode or owner) are
+/// rewritten.
+#[test]
+fn bucket_once_adopts_what_rclone_uploaded() {
+    let Some(g) = Garage::start("bucket_once_adopts_what_rclone_uploaded") else { return };
+    let t = rich_tree();
+    fs::remove_file(t.src().join("special/fifo")).unwrap();
+    let remote = format!("G:{BUCKET}/adopt");
+    let args: Vec<&OsStr> =
+        ["sync", "--metadata", "--links", "--s3-directory-markers", "--create-empty-src-dirs"]
+            .iter()
+            .map(OsStr::new)
+            .chain([t.src().as_os_str(), OsStr::new(&remote)])
+            .collect();
+    let out = g.rclone(&args);
+    assert!(out.status.success(), "rclone sync: {}", String::from_utf8_lossy(&out.stderr));
+    let run = once(&g, t.src(), "adopt", &[]);
+    assert_status(&run, 0);
+    let acts = actions(&run);
+    assert!(acts.iter().all(|a| a == "attrs"), "only directory markers change: {acts:?}");
+    assert!(!acts.is_empty(), "rclone's markers carry no mode: they are rewritten");
+    let b = connect(&g, "adopt");
+    assert_bucket_mirrors(t.src(), &b.settings, &b.url);
 }
