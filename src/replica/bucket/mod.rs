@@ -24,6 +24,7 @@
 //! next to a symlink `x` (whichever comes second this pass is refused).
 
 mod change;
+mod look;
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -44,7 +45,6 @@ use super::{
 use crate::bucket::etag::{content_md5, etag_md5};
 use crate::bucket::manifest::Written;
 use crate::bucket::mapping::MapError;
-use crate::bucket::meta::ObjectMeta;
 use crate::bucket::{BlockingBucket, Listed, Manifest, ObjectKind, StoreError};
 use crate::checksum::{Md5Cache, Md5Sum};
 use crate::entry::{AttrDiff, Entry, Kind, MtimeStore};
@@ -52,7 +52,7 @@ use crate::error::{EntryErrorKind, GuardTrip};
 use crate::guard::Guard;
 use crate::relpath::RelPath;
 
-use view::{Child, View, entry_of, meta_for};
+use view::{Child, View, meta_for};
 
 /// An open REPLICA directory: its path and the pass's listing.
 #[derive(Clone)]
@@ -119,35 +119,6 @@ impl BucketReplica {
             m.note_write(key, written);
         }
         lock(&self.written).insert(key.to_owned());
-    }
-
-    /// The metadata of a listed object: remembered while LIST shows the same object, else
-    /// from a HEAD (remembered for next time). `None`: not metadata replicad wrote.
-    fn meta(&self, listed: &Listed) -> io::Result<Option<ObjectMeta>> {
-        if let Some(meta) = lock(&self.manifest).as_ref().and_then(|m| m.trusted(listed)) {
-            return Ok(Some(meta.clone()));
-        }
-        self.heads.fetch_add(1, Ordering::Relaxed);
-        let head = self.bucket.head(&listed.key).map_err(io_err)?;
-        let meta = ObjectMeta::from_user_metadata(
-            head.user_metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        if let Some(meta) = &meta
-            && head.etag == listed.etag
-            && head.size == listed.size
-            && let Some(m) = lock(&self.manifest).as_mut()
-        {
-            m.record_head(listed, meta.clone());
-        }
-        Ok(meta)
-    }
-
-    fn entry(&self, child: &Child) -> io::Result<Entry> {
-        let Some(listed) = &child.listed else {
-            return Ok(entry_of(child.kind, 0, None));
-        };
-        let meta = self.meta(listed)?;
-        Ok(entry_of(child.kind, listed.size, meta.as_ref()))
     }
 
     fn child<'v>(&self, dir: &'v BucketDir, name: &CStr) -> io::Result<&'v Child> {
