@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use crate::bucket::{BucketUrl, S3Settings};
 use crate::cli::{Args, LogFormat};
 use crate::error::Fatal;
 use crate::relpath::RelPath;
@@ -72,6 +73,9 @@ pub struct Config {
     pub status_addr: Option<crate::cli::StatusAddr>,
     /// One line per `REPLICAD_*` variable that is set but not read (logged at start).
     pub env_warnings: Vec<String>,
+    /// REPLICA is `s3://BUCKET[/PREFIX]` (then `replica` holds the URL as given, for
+    /// messages only), with the store's settings from the `AWS_*` variables.
+    pub bucket: Option<(BucketUrl, S3Settings)>,
 }
 
 impl Config {
@@ -79,7 +83,11 @@ impl Config {
     /// never in `--dry-run`.
     pub fn from_args(args: Args) -> Result<Config, Fatal> {
         let source = check_source(&args.source)?;
-        let replica = check_replica(&args.replica, &source, &args.source)?;
+        let bucket = check_bucket(&args)?;
+        let replica = match &bucket {
+            Some(_) => args.replica.clone(),
+            None => check_replica(&args.replica, &source, &args.source)?,
+        };
         let mut patterns = args.exclude.clone();
         if let Some(file) = &args.exclude_from {
             patterns.extend(read_exclude_file(file)?);
@@ -95,7 +103,7 @@ impl Config {
         let log_file = args.log_file.as_deref().map(open_log_file).transpose()?;
         let own_files =
             log_file.iter().filter_map(|f| f.metadata().ok()).map(|m| (m.dev(), m.ino())).collect();
-        let replica_created = !replica.exists();
+        let replica_created = bucket.is_none() && !replica.exists();
         if !args.dry_run && replica_created {
             fs::create_dir_all(&replica).map_err(|e| Fatal::Replica {
                 path: args.replica.clone(),
@@ -146,8 +154,28 @@ impl Config {
             state,
             status_addr: args.status_addr,
             env_warnings: crate::cli::unknown_env_warnings(std::env::vars_os().map(|(k, _)| k)),
+            bucket,
         })
     }
+}
+
+/// An `s3://` REPLICA, validated once: the URL, the `AWS_*` variables, and the modes a
+/// bucket supports so far (one pass: the live service into a bucket is issue #13).
+fn check_bucket(args: &Args) -> Result<Option<(BucketUrl, S3Settings)>, Fatal> {
+    let fail =
+        |reason: String| Fatal::Bucket { url: args.replica.to_string_lossy().into_owned(), reason };
+    let Some(url) = BucketUrl::parse(args.replica.as_os_str()).map_err(|e| fail(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    if !args.once && !args.dry_run {
+        return Err(fail(
+            "the live service into a bucket comes with issue #13; use --once (or --dry-run)".into(),
+        ));
+    }
+    let settings =
+        S3Settings::from_env(|k| std::env::var(k).ok()).map_err(|e| fail(e.to_string()))?;
+    Ok(Some((url, settings)))
 }
 
 /// The patterns of an `--exclude-from` file: one per line; blank lines and `#` comments

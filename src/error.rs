@@ -257,6 +257,15 @@ pub enum Fatal {
         /// What is wrong with it.
         reason: String,
     },
+    /// An `s3://` REPLICA that cannot be used: a bad URL, missing or invalid `AWS_*`
+    /// variables, a failed start-up check, or a mode not available for a bucket yet.
+    #[error("replica {url}: {reason}")]
+    Bucket {
+        /// The URL as given (lossy only for this message).
+        url: String,
+        /// Why it cannot be used, one line.
+        reason: String,
+    },
 }
 
 /// Why a guard stopped a pass from changing anything.

@@ -56,7 +56,10 @@ impl Guard {
         };
         let source_fs =
             open_dir_nofollow(&config.source).and_then(|fd| FsId::of(&fd)).map_err(source_fail)?;
+        // A bucket is no directory here: its half of the guards is the replica's own
+        // (`open_with`).
         let replica_fs = match open_dir_nofollow(&config.replica) {
+            _ if config.bucket.is_some() => None,
             Ok(fd) => Some(FsId::of(&fd).map_err(|e| replica_fatal(config, e))?),
             Err(e) if e.kind() == io::ErrorKind::NotFound && config.dry_run => None,
             Err(e) => return Err(replica_fatal(config, e)),
@@ -64,7 +67,9 @@ impl Guard {
         let id = |p: &Path| std::fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
         let root_ids = (id(&config.source).unwrap_or_default(), id(&config.replica));
         let mut boundaries = ancestor_ids(&config.source);
-        boundaries.extend(ancestor_ids(&config.replica));
+        if config.bucket.is_none() {
+            boundaries.extend(ancestor_ids(&config.replica));
+        }
         boundaries.sort_unstable();
         boundaries.dedup();
         Ok(Guard {
@@ -106,6 +111,34 @@ impl Guard {
         also: impl FnOnce(&OpenRoots) -> Result<(), GuardTrip>,
     ) -> Result<OpenRoots, GuardTrip> {
         let result = self.check(in_flight).and_then(|roots| also(&roots).map(|()| roots));
+        self.note(result)
+    }
+
+    /// The guards for a REPLICA that is not a local directory (a bucket): SOURCE's half as
+    /// in [`Guard::open`]; `replica` opens REPLICA and says whether it is empty (its own
+    /// failure is a trip, never "empty"); the deletion guard's rule applies unchanged;
+    /// then `also`. Trips are logged as in [`Guard::open`].
+    pub fn open_with<D>(
+        &self,
+        replica: impl FnOnce() -> Result<(D, bool), GuardTrip>,
+        also: impl FnOnce(&D) -> Result<(), GuardTrip>,
+    ) -> Result<(OwnedFd, D), GuardTrip> {
+        let result = self.open_source().and_then(|src| {
+            let (dst, replica_empty) = replica()?;
+            if !self.allow_empty_source
+                && has_no_entries(&src, ops::is_temp_name).unwrap_or(false)
+                && !replica_empty
+            {
+                return Err(GuardTrip::SourceEmpty);
+            }
+            also(&dst)?;
+            Ok((src, dst))
+        });
+        self.note(result)
+    }
+
+    /// Logs a trip when it begins and when it ends.
+    fn note<T>(&self, result: Result<T, GuardTrip>) -> Result<T, GuardTrip> {
         let mut holding = self.holding.lock().unwrap_or_else(|e| e.into_inner());
         match (&result, holding.as_ref()) {
             (Err(trip), Some(held)) if discriminant(trip) == discriminant(held) => {
@@ -124,7 +157,8 @@ impl Guard {
         result
     }
 
-    fn check(&self, in_flight: &dyn Fn(&[u8]) -> bool) -> Result<OpenRoots, GuardTrip> {
+    /// SOURCE's half: opened anew without following a symlink, on its filesystem.
+    fn open_source(&self) -> Result<OwnedFd, GuardTrip> {
         let src = open_dir_nofollow(&self.source).map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP | libc::ENOTDIR) => GuardTrip::SourceReplaced(e.to_string()),
             _ => GuardTrip::SourceGone(e.to_string()),
@@ -134,6 +168,11 @@ impl Guard {
             let (was, now) = (self.source_fs.to_string(), now.to_string());
             return Err(GuardTrip::SourceDeviceChanged { was, now });
         }
+        Ok(src)
+    }
+
+    fn check(&self, in_flight: &dyn Fn(&[u8]) -> bool) -> Result<OpenRoots, GuardTrip> {
+        let src = self.open_source()?;
         let dst = match (open_dir_nofollow(&self.replica), self.replica_fs) {
             (Ok(fd), Some(was)) => {
                 let now = FsId::of(&fd).map_err(|e| GuardTrip::ReplicaGone(e.to_string()))?;

@@ -10,7 +10,7 @@
 //! | [`watch`] | notify-debouncer-full on SOURCE, turned into [`queue::Hint`]s; raw events noted so no merged-away name is lost |
 //! | [`queue`] | pending paths: dedupe, fold into pending parents, one worker per path, retries |
 //! | [`engine`] | the engine: walk both sides, `decide` (pure), then apply through the replica seam, as tasks on one pool of `--jobs` threads |
-//! | [`replica`] | the REPLICA side as one seam (the `Replica` trait): the local, fd-relative implementation; the bucket next |
+//! | [`replica`] | the REPLICA side as one seam (the `Replica` trait): the local, fd-relative implementation and the S3 bucket |
 //! | [`status`] | the HTTP status endpoint: probes, Prometheus metrics, JSON and a page |
 //! | [`stats`] | what the service knows of itself (counters, lag, in-sync time, last errors), for the status endpoint |
 //! | [`guard`] | the roots' guards (deletion, replica, no symlink in their paths) and bind-mount boundaries |
@@ -25,7 +25,7 @@
 //! | [`error`] | `Fatal` (exit 1) and `EntryError` (one entry; the pass goes on) |
 //! | [`state`] | what one run leaves for the next: the mark of the last clean pass |
 //! | [`relpath`] | paths relative to the roots, escaped for display |
-//! | [`bucket`] | the REPLICA side in an S3 bucket (mapping, store requests, quick check); not yet wired to the engine |
+//! | [`bucket`] | the S3 store side (mapping, store requests, quick check), behind `replica::bucket` |
 
 pub mod bucket;
 pub mod checksum;

@@ -82,6 +82,11 @@ impl BlockingBucket {
         self.rt.block_on(self.bucket.put_dir(key, meta, manifest))
     }
 
+    /// See [`Bucket::read_symlink`].
+    pub fn read_symlink(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        self.rt.block_on(self.bucket.read_symlink(key))
+    }
+
     /// See [`Bucket::remove`].
     pub fn remove(&self, key: &str, manifest: &mut Manifest) -> Result<(), StoreError> {
         self.rt.block_on(self.bucket.remove(key, manifest))

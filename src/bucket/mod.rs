@@ -1,7 +1,7 @@
-//! The REPLICA side in an S3-compatible bucket (`s3://BUCKET[/PREFIX]`), self-contained
-//! until the engine seam (issue #12) puts it behind `replica/bucket`. Knows nothing of the
-//! engine, the walker, the queue or `decide`: it maps SOURCE entries to objects and performs
-//! the store requests, safely.
+//! The REPLICA side in an S3-compatible bucket (`s3://BUCKET[/PREFIX]`): the store
+//! requests and the mapping that `replica/bucket` puts behind the engine's seam. Knows
+//! nothing of the engine, the walker, the queue or `decide`: it maps SOURCE entries to
+//! objects and performs the store requests, safely.
 //!
 //! | file | holds |
 //! |---|---|

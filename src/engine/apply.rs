@@ -130,6 +130,10 @@ impl<R: Replica> Engine<R> {
         if diff.is_empty() {
             return Ok(());
         }
+        if dst.kind == Kind::File && !self.replica.caps().file_attrs_in_place {
+            // Metadata is part of the object there: the file is written again, whole.
+            return self.create_entry(src_dir, dst_dir, name, rel, src, Some(dst), true, counters);
+        }
         if let Some(dir) = dst_dir.filter(|_| !self.opts.dry_run) {
             self.replica
                 .set_attrs(dir, name, self.expect(src, dst), src, diff, want.as_ref())

@@ -216,6 +216,9 @@ impl<R: Replica> Engine<R> {
         if !node.finalize || self.cancel.is_cancelled() {
             return;
         }
+        if node.is_root() && !self.replica.caps().root_attrs {
+            return;
+        }
         // Log only differences that were there before this pass: mtime moves caused by our
         // own changes to the children are repaired silently.
         let before = node.dst_before.as_ref().filter(|d| d.kind == Kind::Dir && !node.created);

@@ -32,9 +32,9 @@ impl<R: Replica> Engine<R> {
         dst_dir: &R::Dir,
         dst_name: &CStr,
     ) -> bool {
-        match (ops::read_link_at(src_dir, src_name), self.replica.read_link(dst_dir, dst_name)) {
-            (Ok(x), Ok(y)) => x == y,
-            _ => false,
+        match ops::read_link_at(src_dir, src_name) {
+            Ok(target) => self.replica.link_target_is(dst_dir, dst_name, &target),
+            Err(_) => false,
         }
     }
 

@@ -265,7 +265,7 @@ impl<R: Replica> Engine<R> {
     /// A change to the SOURCE root's own metadata (or to an entry right under it, which
     /// moves its mtime): only the root's attributes, not a whole pass.
     fn fix_root_attrs(&self, roots: &Roots<R::Dir>, counters: &Counters) {
-        if let Some(dst) = &roots.dst {
+        if let Some(dst) = roots.dst.as_ref().filter(|_| self.replica.caps().root_attrs) {
             self.fix_dir_attrs(&roots.src, dst, &RelPath::root(), counters);
         }
     }

@@ -16,7 +16,7 @@ use crate::entry::Entry;
 use crate::error::{EntryError, Op};
 use crate::ops::{self, Handle, Xattrs};
 use crate::relpath::RelPath;
-use crate::replica::{DirItem, Replica, Roots};
+use crate::replica::{DirItem, PassEnd, Replica, Roots};
 
 use super::Engine;
 use super::decide::{Action, Item};
@@ -90,6 +90,7 @@ impl<R: Replica> Engine<R> {
             }
         };
         let replica_fs = roots.dst.as_ref().map(|d| self.replica.try_clone_dir(d));
+        let end_root = roots.dst.as_ref().map(|d| self.replica.try_clone_dir(d));
         let link_roots = self.link_roots(&roots);
         let fresh = self.fresh_replica.swap(false, Ordering::Relaxed);
         if fresh {
@@ -113,6 +114,17 @@ impl<R: Replica> Engine<R> {
             if let Err(e) = synced {
                 // The copies may not be on disk: not "in sync", whatever else went well.
                 self.record(counters, EntryError::io(Op::Sync, &root, e));
+            }
+        }
+        if !self.cancel.is_cancelled() {
+            let keep = |p: &RelPath, is_dir: bool| self.excludes.matches_path_or_parent(p, is_dir);
+            let clean = counters.snapshot().errors == 0;
+            let end = PassEnd { clean, dry_run: self.opts.dry_run, keep: &keep };
+            let ended =
+                end_root.map_or(Ok(0), |fd| fd.and_then(|fd| self.replica.end_pass(&fd, &end)));
+            match ended {
+                Ok(removed) => Counters::bump(&counters.remove, removed),
+                Err(e) => self.record(counters, EntryError::io(Op::Sync, &root, e)),
             }
         }
     }

@@ -65,7 +65,7 @@ fn read_only_nofollow() -> OFlags {
 
 /// Opens a SOURCE file for reading without following a link and without blocking on a
 /// FIFO swapped in since it was statted; skips atime updates where allowed.
-fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+pub fn open_source_file(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
     let flags = read_only_nofollow();
     let fd = match rustix::fs::openat(dirfd, name, flags | OFlags::NOATIME, Mode::empty()) {
         Err(Errno::PERM) => rustix::fs::openat(dirfd, name, flags, Mode::empty())?,

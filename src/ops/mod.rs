@@ -27,7 +27,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 pub use attrs::{Expect, open_pinned_for_reading, set_attrs_at, set_attrs_fd};
-pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file};
+pub use copy::{CopyCaps, CopyContext, CopyOptions, copy_file, open_source_file};
 pub use link::link_into_place;
 pub use probe::probe_replica;
 pub use remove::{Removal, Removed, remove_tree};

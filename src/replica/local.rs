@@ -53,7 +53,7 @@ impl Replica for Local {
     type Dir = OwnedFd;
 
     fn caps(&self) -> Caps {
-        Caps { hard_links: true, special_files: true }
+        Caps { hard_links: true, special_files: true, file_attrs_in_place: true, root_attrs: true }
     }
 
     fn xattrs(&self) -> Option<&XattrSupport> {

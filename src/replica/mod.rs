@@ -2,9 +2,9 @@
 //! through the [`Replica`] trait — open, make and list a directory, stat a child, read a
 //! link target, xattrs or an MD5, copy a file in, make a symlink/FIFO/device, set
 //! attributes, link, rename, remove. SOURCE stays local and fd-relative (`ops` directly);
-//! `decide` stays pure. [`local`] is today's implementation; the S3 bucket (issue #12,
-//! `src/bucket`) becomes the second, not a second engine or walker. Knows nothing of
-//! walking, deciding or counting.
+//! `decide` stays pure. Two implementations: [`local`], the fd-relative directory tree,
+//! and [`bucket`], an S3 prefix over `src/bucket` (issue #12) — not a second engine or
+//! walker. Knows nothing of walking, deciding or counting.
 //!
 //! # Shape
 //!
@@ -12,16 +12,20 @@
 //! [`Replica::Dir`], plus one child name (`&CStr`, raw bytes). Locally that handle is a
 //! directory descriptor opened without following links, so every change is one name
 //! relative to a pinned directory and a stranger's symlink swap fails instead of being
-//! followed; in a bucket it will be a key prefix together with its slice of one LIST (a
-//! directory is listed once; a child's `stat` answers from that slice). The names the
+//! followed; in a bucket it is a key prefix together with one LIST of the whole prefix,
+//! grouped by directory (a child's `stat` answers from it). The names the
 //! walker merges come from [`Replica::list`] in both cases.
 //!
 //! Capabilities a replica may lack are asked, not discovered by failing:
-//! [`Replica::caps`] (hard links, FIFOs and devices) and [`Replica::xattrs`] (`None`: no
-//! extended attributes). The engine turns a missing capability into what it already does
-//! when the local filesystem refuses one: names of a link group are copied as files of
-//! their own, a FIFO or device is skipped with one warning per path, xattrs are not
-//! compared.
+//! [`Replica::caps`] (hard links, FIFOs and devices, file attributes changed without the
+//! content, the root's own attributes) and [`Replica::xattrs`] (`None`: no extended
+//! attributes). The engine turns a missing capability into what it already does when the
+//! local filesystem refuses one: names of a link group are copied as files of their own, a
+//! FIFO or device is skipped with one warning per path, xattrs are not compared, a file
+//! whose attributes differ is copied again, the root's attributes are left alone. Two
+//! hooks have a default that is the local behaviour: [`Replica::link_target_is`] (a bucket
+//! answers from the ETag without a GET) and [`Replica::end_pass`] (a bucket removes strays
+//! and saves its manifest).
 //!
 //! # Generic engine, not an enum or `dyn`
 //!
@@ -34,19 +38,19 @@
 //! in every method and make both sides' handles one enum as well.
 //!
 //! The generics stop at the engine: the default type parameter means `Engine` in
-//! `service`, `status`, `queue` and `main` still names `Engine<Local>`, unchanged. When
-//! the bucket arrives, `main` picks the side once from the REPLICA argument; the service
-//! then either takes `Engine<R>` generically (it only calls the entry points, `progress`
-//! and `stats`) or holds the engine behind a small object-safe trait of those entry
-//! points — one virtual call per piece of work, nothing per entry.
+//! `service`, `status`, `queue` and `main` still names `Engine<Local>`, unchanged. The
+//! service picks the side once from the validated REPLICA (`Config::bucket`): a bucket runs
+//! the one-shot pass (`service/bucket`) on `Engine<BucketReplica>` through the generic
+//! `once`; the live service over a bucket (#13) will take `Engine<R>` the same way.
 //!
 //! # What is not one trait
 //!
 //! - **The guards** ([`crate::guard`]): REPLICA's identity (device, inode, no symlink in
 //!   its path) and emptiness are filesystem facts. [`Replica::open_roots`] takes the
 //!   `Guard` and returns both roots; the local side runs it as before. A bucket checks
-//!   its own (the bucket exists, a LIST works, emptiness by that LIST) behind the same
-//!   method, and still needs the SOURCE half of the guard.
+//!   its own (the manifest's GET and the LIST work, emptiness by that LIST) behind the
+//!   same method, through `Guard::open_with` (SOURCE's half and the deletion guard's rule
+//!   unchanged).
 //! - **Hard-link settling** (`engine/links`) needs inode identity on REPLICA: it compares
 //!   the (device, inode) that [`Replica::stat`] reports for two names, and links with
 //!   [`Replica::link`], pinned to the leader's inode. A replica without inodes answers
@@ -58,8 +62,10 @@
 //!   whole (one PUT or a completed multipart upload) and has none.
 //! - **`Expect`** (what a decision relied on) is passed to every in-place change; the
 //!   local side re-checks it on a pinned descriptor before touching the entry. A bucket
-//!   can only compare it with a HEAD (or ignore it: there is no second name to protect).
+//!   ignores it: an object has no second name to protect, and a HEAD per change would
+//!   only narrow, not close, the window against another writer.
 
+pub mod bucket;
 pub mod local;
 
 use std::ffi::{CStr, CString};
@@ -74,6 +80,7 @@ use crate::error::{EntryErrorKind, GuardTrip};
 use crate::guard::Guard;
 use crate::relpath::RelPath;
 
+pub use bucket::BucketReplica;
 pub use local::Local;
 
 /// Both roots, opened for one piece of work after the guards passed.
@@ -91,6 +98,23 @@ pub struct Caps {
     pub hard_links: bool,
     /// FIFOs and device nodes.
     pub special_files: bool,
+    /// A file's mode, owner and mtime can change without its content being written again
+    /// (false: an object store, where metadata is part of the object; the file is copied
+    /// again instead).
+    pub file_attrs_in_place: bool,
+    /// The root directory itself has attributes to mirror (false: a bucket prefix, which
+    /// rclone neither writes nor restores a marker for).
+    pub root_attrs: bool,
+}
+
+/// How a full pass ended, for [`Replica::end_pass`].
+pub struct PassEnd<'a> {
+    /// No entry failed.
+    pub clean: bool,
+    /// `--dry-run`: say what would be done, write nothing.
+    pub dry_run: bool,
+    /// Excluded paths (and whether a directory): never removed.
+    pub keep: &'a dyn Fn(&RelPath, bool) -> bool,
 }
 
 /// What a file copy needs from the engine.
@@ -130,6 +154,15 @@ pub trait Replica: Send + Sync + 'static {
     /// Makes everything written so far durable (end of a pass without `--fsync`).
     fn flush(&self, root: &Self::Dir) -> io::Result<()>;
 
+    /// The end of a full pass that was not stopped, whether or not it changed anything (a
+    /// dry run included: then nothing may be written). Returns how many entries it removed
+    /// (each logged by the replica), for the pass's counts. Locally nothing is left to do;
+    /// a bucket removes the keys no SOURCE path maps to (after a clean pass only) and saves
+    /// its quick-check manifest.
+    fn end_pass(&self, _root: &Self::Dir, _end: &PassEnd<'_>) -> io::Result<u64> {
+        Ok(0)
+    }
+
     /// A second handle on the same directory.
     fn try_clone_dir(&self, dir: &Self::Dir) -> io::Result<Self::Dir>;
 
@@ -149,6 +182,12 @@ pub trait Replica: Send + Sync + 'static {
 
     /// The target of the symlink `name`.
     fn read_link(&self, dir: &Self::Dir, name: &CStr) -> io::Result<CString>;
+
+    /// True if the symlink `name` points at `target` (a replica may know without reading
+    /// the target: a bucket compares its MD5 with the object's ETag).
+    fn link_target_is(&self, dir: &Self::Dir, name: &CStr, target: &CStr) -> bool {
+        self.read_link(dir, name).is_ok_and(|t| t.as_c_str() == target)
+    }
 
     /// The extended attributes of `name`, or of `dir` itself when `name` is `None`.
     fn read_xattrs(&self, dir: &Self::Dir, name: Option<&CStr>) -> io::Result<Xattrs>;

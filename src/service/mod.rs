@@ -4,6 +4,7 @@
 //! wait here also hears the one cancellation token, and a stop waits for in-flight work
 //! only a bounded time.
 
+mod bucket;
 mod progress;
 mod report;
 mod signals;
@@ -26,6 +27,7 @@ use crate::engine::{Engine, PassReport};
 use crate::error::GuardTrip;
 use crate::queue::{self, Outcome, Work};
 use crate::relpath::Escaped;
+use crate::replica::Replica;
 use progress::Progress;
 use report::{record_counts, record_pass};
 use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
@@ -46,6 +48,9 @@ pub fn run_main(config: Config) -> u8 {
     raise_fd_limit();
     log_start(&config);
     let cancel = CancellationToken::new();
+    if let Some((url, settings)) = config.bucket.clone() {
+        return bucket::run_once(&config, &url, &settings, cancel);
+    }
     let engine = match Engine::new(&config, config.excludes.clone(), cancel.clone()) {
         Ok(e) => Arc::new(e),
         Err(e) => {
@@ -55,12 +60,7 @@ pub fn run_main(config: Config) -> u8 {
     };
     // The filesystem work runs on the engine's own pool; tokio's blocking threads only
     // wait for it (one per piece of event work, plus the pass and the watcher's walk).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(config.jobs + 4)
-        .thread_name("replicad")
-        .build();
-    let runtime = match runtime {
+    let runtime = match runtime(config.jobs) {
         Ok(rt) => rt,
         Err(e) => {
             error!("cannot start the tokio runtime: {e}");
@@ -75,9 +75,18 @@ pub fn run_main(config: Config) -> u8 {
     status
 }
 
+/// The process's tokio runtime: the service's tasks, and the bucket's requests.
+fn runtime(jobs: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(jobs + 4)
+        .thread_name("replicad")
+        .build()
+}
+
 /// One full pass, stoppable by SIGINT/SIGTERM like the service (no temporary file is left
 /// behind); the status says whether REPLICA now matches SOURCE.
-async fn once(engine: Arc<Engine>, dry_run: bool, cancel: CancellationToken) -> u8 {
+async fn once<R: Replica>(engine: Arc<Engine<R>>, dry_run: bool, cancel: CancellationToken) -> u8 {
     let signals = match signals::listen(cancel.clone()) {
         Ok(task) => task,
         Err(e) => {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::logging::progress_bar;
+use crate::replica::Replica;
 
 /// A later pass shows progress only once it has run this long.
 const SHOW_AFTER: Duration = Duration::from_secs(3);
@@ -26,7 +27,7 @@ impl Progress {
     }
 
     /// Redraws the line from the running pass's counters.
-    pub fn update(&mut self, engine: &Engine) {
+    pub fn update<R: Replica>(&mut self, engine: &Engine<R>) {
         let Some(bar) = self.bar else { return };
         let elapsed = self.started.elapsed();
         if !self.first && elapsed < SHOW_AFTER {

@@ -1,15 +1,18 @@
 //! The bucket REPLICA side against a real S3 store (Garage) and real rclone: the oracle's
-//! own tests, the store primitives, and round trips (write a tree with replicad's bucket
-//! module, restore it with `rclone copy --metadata --links`, compare strictly).
+//! own tests, the store primitives, round trips (write a tree with replicad's bucket
+//! module, restore it with `rclone copy --metadata --links`, compare strictly), and the
+//! binary's `--once` into a bucket (`once`, `scale`).
 //!
-//! Until the engine seam exists (#12), trees are written by [`mirror_tree`], a few lines
-//! that call the module's API the way the engine will: one put per entry, then
-//! `finish_pass`.
+//! The store-level tests write trees with [`mirror_tree`], a few lines that call the
+//! module's API directly (one put per entry, then `finish_pass`); `once` and `scale` run
+//! the engine through the binary.
 
 mod cluster;
 mod comparer;
 mod measure;
+mod once;
 mod roundtrip;
+mod scale;
 mod store;
 
 use std::fs::{self, File, OpenOptions};

@@ -18,7 +18,7 @@ use crate::support::garage::{BUCKET, Garage};
 use crate::support::{CompareOptions, Tree, compare_with};
 
 /// Every kind of entry and attribute the mapping promises to carry.
-fn rich_tree() -> Tree {
+pub(super) fn rich_tree() -> Tree {
     let t = Tree::new();
     t.file("plain.txt", b"hello\n")
         .file("modes/setuid", b"#!/bin/sh\n")

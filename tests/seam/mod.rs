@@ -244,7 +244,8 @@ fn the_engine_reaches_the_replica_only_through_the_seam() {
     t.once(&[]).assert_code(0);
     t.source().remove("gone").file("d/b", "b2").mtime("d/b", 1_000, 7).file("d/e/c", "c");
     t.replica().file("stray", "x");
-    let full = Caps { hard_links: true, special_files: true };
+    let full =
+        Caps { hard_links: true, special_files: true, file_attrs_in_place: true, root_attrs: true };
     let engine = engine(&t, Fake::new(full, true));
     let report = engine.full_pass();
     assert_eq!(report.exit_status(), 0, "{report:?}");
@@ -264,7 +265,12 @@ fn a_replica_without_hard_links_fifos_or_xattrs_gets_copies_and_skips() {
     let t = Tree::new();
     t.source().file("a", "shared").hard_link("b", "a").fifo("f").file("plain", "p");
     t.source().set_xattr("plain", "user.note", "x");
-    let bare = Caps { hard_links: false, special_files: false };
+    let bare = Caps {
+        hard_links: false,
+        special_files: false,
+        file_attrs_in_place: true,
+        root_attrs: true,
+    };
     let engine = engine(&t, Fake::new(bare, false));
     let report = engine.full_pass();
     assert_eq!(report.exit_status(), 0, "{report:?}");

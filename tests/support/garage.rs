@@ -32,6 +32,8 @@ pub struct Garage {
     dir: TempDir,
     config: PathBuf,
     s3_port: u16,
+    admin_port: u16,
+    admin_token: String,
     /// The default key's id (`GK…`).
     pub key_id: String,
     /// The default key's secret.
@@ -107,11 +109,21 @@ impl Garage {
             secret = hex(64, s),
             token = hex(32, s.rotate_left(7)),
         );
+        let admin_token = hex(32, s.rotate_left(7));
         std::fs::write(&config, text).expect("write garage.toml");
         let key_id = format!("GK{}", hex(24, s.rotate_left(13)));
         let secret = hex(64, s.rotate_left(29));
         let child = spawn(&config, dir.path(), &key_id, &secret);
-        let mut g = Garage { child, dir, config, s3_port: s3, key_id, secret };
+        let mut g = Garage {
+            child,
+            dir,
+            config,
+            s3_port: s3,
+            admin_port: admin,
+            admin_token,
+            key_id,
+            secret,
+        };
         let ready = wait_until(START_DEADLINE, || g.answers() || g.exited());
         assert!(ready && !g.exited(), "garage did not start:\n{}", g.log());
         // The default bucket and key are made just after the API opens; wait for them too.
@@ -146,6 +158,30 @@ impl Garage {
         }
         let mut buf = [0u8; 12];
         s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"HTTP/"))
+    }
+
+    /// S3 requests Garage has answered so far, by endpoint (`ListObjectsV2`, `HeadObject`,
+    /// `PutObject`, …), from its Prometheus metrics on the admin port.
+    pub fn s3_requests(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).expect("admin port");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!(
+            "GET /metrics HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.admin_token
+        );
+        s.write_all(req.as_bytes()).expect("ask for metrics");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("read metrics");
+        let mut out = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| l.starts_with("api_s3_request_counter{")) {
+            let endpoint = line.split("api_endpoint=\"").nth(1).and_then(|r| r.split('"').next());
+            let count = line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok());
+            if let (Some(e), Some(n)) = (endpoint, count) {
+                *out.entry(e.to_owned()).or_default() += n as u64;
+            }
+        }
+        assert!(!out.is_empty(), "no S3 request counters in Garage's metrics:\n{text}");
+        out
     }
 
     /// Garage's own log (stderr).

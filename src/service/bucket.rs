@@ -1,0 +1,58 @@
+//! `replicad SOURCE s3://BUCKET[/PREFIX] --once` (or `--dry-run`): the tokio runtime the
+//! bucket's requests run on, the start-up check (wrong credentials, a missing bucket or an
+//! unreachable endpoint: one line, exit 1, nothing written), then one full pass of the
+//! engine over [`BucketReplica`]. The live service into a bucket is issue #13; `Config`
+//! refuses it before anything starts.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::bucket::error::one_line;
+use crate::bucket::{BlockingBucket, Bucket, BucketUrl, Retries, S3Settings, UploadPolicy};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::replica::BucketReplica;
+
+use super::systemd::SHUTDOWN_GRACE;
+
+/// Runs one pass into the bucket; the exit status.
+pub fn run_once(
+    config: &Config,
+    url: &BucketUrl,
+    settings: &S3Settings,
+    cancel: CancellationToken,
+) -> u8 {
+    let runtime = match super::runtime(config.jobs) {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the tokio runtime: {e}");
+            return 1;
+        }
+    };
+    let connect = Bucket::connect(url, settings, Retries::default(), UploadPolicy::default());
+    let bucket = match runtime.block_on(connect) {
+        Ok(b) => b,
+        Err(e) => {
+            error!("replica {}", one_line(&e));
+            return 1;
+        }
+    };
+    if config.verify {
+        warn!("--verify has no effect on a bucket yet: objects are not read back after upload");
+    }
+    let blocking = BlockingBucket::new(bucket, runtime.handle().clone());
+    let replica = BucketReplica::new(blocking, cancel.clone());
+    let engine =
+        match Engine::with_replica(config, config.excludes.clone(), cancel.clone(), replica) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        };
+    let status = runtime.block_on(super::once(engine, config.dry_run, cancel));
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    status
+}
