@@ -80,6 +80,11 @@ pub enum MapError {
     /// file with that suffix has no faithful object.
     #[error("a regular file named *.rclonelink would come back from rclone --links as a symlink")]
     LinkSuffix,
+    /// S3 answers LIST in XML, whose end-of-line handling turns a carriage return inside a
+    /// key into a line feed: such a key would be listed as another name (and a name
+    /// differing only there would be taken for its twin).
+    #[error("a name holding a carriage return comes back from S3's XML listing as a line feed")]
+    CarriageReturn,
     /// The top-level `.replicad` is replicad's own.
     #[error("the top-level name .replicad is reserved for replicad's manifest")]
     Reserved,
@@ -117,6 +122,9 @@ pub fn key_for(prefix: &Prefix, rel: &RelPath, kind: ObjectKind) -> Result<Strin
     for (i, name) in rel.names().enumerate() {
         if i == 0 && name == RESERVED {
             return Err(MapError::Reserved);
+        }
+        if name.as_bytes().contains(&b'\r') {
+            return Err(MapError::CarriageReturn);
         }
         let last = i + 1 == depth;
         if last && kind == ObjectKind::File && name.as_bytes().ends_with(LINK_SUFFIX.as_bytes()) {

@@ -152,7 +152,8 @@ pub fn parse_float_seconds(s: &str) -> Option<Time> {
     if digits.is_empty() || !digits.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    from_nanos(i128::from(digits.parse::<i64>().ok()?))
+    // i128: an mtime after 2262 or before 1678 is valid on ext4, xfs and btrfs.
+    from_nanos(digits.parse::<i128>().ok()?)
 }
 
 /// Go's `time.RFC3339Nano` in UTC: `2006-01-02T15:04:05.999999999Z`, fraction trimmed.
@@ -243,6 +244,14 @@ mod tests {
         assert_eq!(ObjectMeta::from_user_metadata([("mtime", "1"), ("mode", "100644")]), None);
         let bad_mode = [("mtime", "1"), ("mode", "9"), ("uid", "0"), ("gid", "0")];
         assert_eq!(ObjectMeta::from_user_metadata(bad_mode), None);
+    }
+
+    #[test]
+    fn mtimes_beyond_i64_nanoseconds_round_trip() {
+        // After 2262-04-11 and before 1677-09-21: valid on ext4, xfs and btrfs.
+        for time in [t(10_413_792_000, 0), t(10_413_792_000, 7), t(-10_000_000_000, 5)] {
+            assert_eq!(parse_float_seconds(&float_seconds(time)), Some(time), "{time:?}");
+        }
     }
 
     proptest! {

@@ -340,3 +340,64 @@ fn bucket_once_adopts_what_rclone_uploaded() {
     let b = connect(&g, "adopt");
     assert_bucket_mirrors(t.src(), &b.settings, &b.url);
 }
+
+/// What rclone lists under `prefix`, as JSON.
+fn rclone_listing(g: &Garage, prefix: &str) -> String {
+    let out = g.rclone(&[
+        OsStr::new("lsjson"),
+        OsStr::new("-R"),
+        OsStr::new("--files-only"),
+        OsStr::new(&format!("G:{BUCKET}/{prefix}")),
+    ]);
+    assert!(out.status.success(), "rclone lsjson: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bucket_once_never_takes_a_cr_name_for_its_lf_twin() {
+    // S3's XML listing hands `a\rb` back as `a\nb`: replicad refuses to map a name with a
+    // carriage return (an entry error), and a key LIST shows twice — here because rclone
+    // stored `a\rb` beside `a\nb` — is never removed as a stray: it names a real object.
+    let Some(g) = Garage::start("bucket_once_never_takes_a_cr_name_for_its_lf_twin") else {
+        return;
+    };
+    let t = Tree::new();
+    t.file("a\rb", b"CR-file").file("a\nb", b"LF-file").file("other", b"o");
+    let copied = g.rclone(&[
+        OsStr::new("copy"),
+        t.src().as_os_str(),
+        OsStr::new(&format!("G:{BUCKET}/crlf")),
+    ]);
+    assert!(copied.status.success(), "rclone copy: {}", String::from_utf8_lossy(&copied.stderr));
+    for pass in 1..=3 {
+        let out = once(&g, t.src(), "crlf", &[]);
+        assert_status(&out, 23);
+        assert!(stderr(&out).contains("carriage return"), "pass {pass}:\n{}", stderr(&out));
+        // rclone shows both keys as `a␊b` too (its listing is XML as well): two objects.
+        let listing = rclone_listing(&g, "crlf");
+        let twins = listing.matches(r#""Name":"a␊b""#).count();
+        assert_eq!(twins, 2, "pass {pass}: an object of the pair is gone\n{listing}");
+        assert!(!stderr(&out).contains("kind=stray"), "pass {pass}:\n{}", stderr(&out));
+    }
+}
+
+#[test]
+fn bucket_once_keeps_an_mtime_beyond_2262_and_its_manifest() {
+    // Nanoseconds past 2262 do not fit an i64: such a file was uploaded again on every
+    // pass, and its manifest line threw the whole manifest away.
+    let Some(g) = Garage::start("bucket_once_keeps_an_mtime_beyond_2262_and_its_manifest") else {
+        return;
+    };
+    let t = Tree::new();
+    t.file("now", b"n").file("future", b"f");
+    crate::support::set_mtime(&t.src().join("future"), 10_413_792_000, 0); // 2300-01-01
+    assert_status(&once(&g, t.src(), "fut", &[]), 0);
+    let second = once(&g, t.src(), "fut", &["-v"]);
+    assert_status(&second, 0);
+    assert_eq!(actions(&second), Vec::<String>::new(), "not a no-op:\n{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("heads=0"),
+        "the manifest was not trusted:\n{}",
+        stderr(&second)
+    );
+}

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::view::{Child, meta_for};
 use super::{BucketDir, BucketReplica, io_err, lock, name_of};
@@ -192,6 +192,10 @@ impl BucketReplica {
                     RelPath::new(Path::new(rest))
                 });
                 if written.contains(key) || rel.is_some_and(|r| (end.keep)(&r, is_dir)) {
+                    continue;
+                }
+                if root.view.ambiguous.contains(key) {
+                    warn!(key = %key, "LIST shows this key twice (its XML cannot tell two names apart); not removed");
                     continue;
                 }
                 if !end.dry_run {

@@ -10,7 +10,7 @@
 //! another tool), and keys the mapping does not recognise at all are strays, removed by
 //! key at the end of a clean pass unless something of this pass wrote that key.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 
@@ -45,6 +45,9 @@ pub struct View {
     pub strays: Vec<Stray>,
     /// Objects under the prefix, replicad's own manifest not counted.
     objects: usize,
+    /// Keys LIST showed more than once (two real keys its XML made equal): never removed
+    /// as strays, since the key names one of them.
+    pub ambiguous: HashSet<String>,
 }
 
 impl View {
@@ -52,6 +55,12 @@ impl View {
     pub fn new(listing: Listing) -> View {
         let mut view =
             View { objects: listing.objects.len() + listing.foreign.len(), ..View::default() };
+        let mut seen = HashSet::new();
+        for listed in &listing.raw {
+            if !seen.insert(listed.key.as_str()) {
+                view.ambiguous.insert(listed.key.clone());
+            }
+        }
         for listed in listing.foreign {
             view.strays.push(Stray { listed, rel: None });
         }
