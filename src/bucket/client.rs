@@ -88,6 +88,10 @@ pub struct Head {
 #[derive(Clone, Debug)]
 pub struct Client {
     op: Operator,
+    /// The same store without the retry layer, for multipart writers: a part write that
+    /// a stop drops mid-flight leaves the retry layer's writer unable to abort, and the
+    /// engine retries a failed upload whole anyway.
+    unretried: Operator,
     bucket: String,
     endpoint: String,
 }
@@ -139,22 +143,20 @@ impl Client {
         let notify = |e: opendal::layers::RetryEvent<'_>| {
             tracing::warn!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying");
         };
-        let op = op
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(retries.timeout)
-                    .with_io_timeout(retries.io_timeout),
-            )
-            .layer(
-                RetryLayer::new()
-                    .with_jitter()
-                    .with_max_times(retries.max_times)
-                    .with_min_delay(retries.min_delay)
-                    .with_max_delay(retries.max_delay)
-                    .with_notify(notify),
-            );
+        let op = op.layer(
+            TimeoutLayer::new().with_timeout(retries.timeout).with_io_timeout(retries.io_timeout),
+        );
+        let unretried = op.clone();
+        let op = op.layer(
+            RetryLayer::new()
+                .with_jitter()
+                .with_max_times(retries.max_times)
+                .with_min_delay(retries.min_delay)
+                .with_max_delay(retries.max_delay)
+                .with_notify(notify),
+        );
         let endpoint = s.endpoint.clone().unwrap_or_else(|| "https://s3.amazonaws.com".to_owned());
-        Ok(Client { op, bucket: url.bucket.clone(), endpoint })
+        Ok(Client { op, unretried, bucket: url.bucket.clone(), endpoint })
     }
 
     /// The bucket's name.
@@ -245,8 +247,8 @@ impl Client {
             ..Default::default()
         };
         let (args, _) =
-            OpWrite::from_options(&self.op.service().capability(), options).map_err(err)?;
-        self.op.service().write_dyn(self.op.context(), key, args).map_err(err)
+            OpWrite::from_options(&self.unretried.service().capability(), options).map_err(err)?;
+        self.unretried.service().write_dyn(self.unretried.context(), key, args).map_err(err)
     }
 
     /// One PUT of `body` with `metadata`; returns the ETag.

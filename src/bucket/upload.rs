@@ -215,16 +215,25 @@ async fn multipart(
             }
             offset += chunk.len() as u64;
             parts += 1;
-            w.write(Buffer::from(chunk)).await.map_err(put_err)?;
+            // A part in flight can take long on a slow link: a stop must not wait for it
+            // (the service gives a pass two seconds), so the write races the token and
+            // the upload is aborted below.
+            tokio::select! {
+                written = w.write(Buffer::from(chunk)) => written.map_err(put_err)?,
+                () = cancel.cancelled() => return Err(StoreError::Cancelled { key: key.to_owned() }),
+            }
         }
         Ok(offset == before.size && unchanged(key, file, before).await?)
     }
     .await;
     let complete = match outcome {
-        Ok(true) if !cancel.is_cancelled() => w.close().await.map_err(put_err),
+        Ok(true) if !cancel.is_cancelled() => tokio::select! {
+            closed = w.close() => closed.map_err(put_err),
+            () = cancel.cancelled() => Err(StoreError::Cancelled { key: key.to_owned() }),
+        },
         Ok(true) => Err(StoreError::Cancelled { key: key.to_owned() }),
         Ok(false) => {
-            w.abort().await.map_err(|e| StoreError::from_opendal(StoreOp::Abort, key, e))?;
+            abort_within(&mut w, key).await?;
             return Ok(None);
         }
         Err(e) => Err(e),
@@ -235,7 +244,7 @@ async fn multipart(
             let md5 = meta.md5.unwrap_or_default();
             Ok(Some(Uploaded { etag, size: offset, meta, md5, parts }))
         }
-        Err(first) => match w.abort().await {
+        Err(first) => match abort_error(&mut w, key).await {
             Ok(()) => Err(first),
             Err(abort) => Err(StoreError::AbortFailed {
                 key: key.to_owned(),
@@ -243,5 +252,22 @@ async fn multipart(
                 abort: Box::new(abort),
             }),
         },
+    }
+}
+
+/// How long an abort may take: it must end before the service gives up on a stopping pass
+/// (after which the runtime under it is shut down), yet outlast a request on a slow link.
+const ABORT_DEADLINE: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Aborts the multipart upload of `w` (its parts are dropped, AbortMultipartUpload sent),
+/// within [`ABORT_DEADLINE`].
+async fn abort_within(w: &mut opendal::raw::oio::Writer, key: &str) -> Result<(), StoreError> {
+    abort_error(w, key).await.map_err(|e| StoreError::from_opendal(StoreOp::Abort, key, e))
+}
+
+async fn abort_error(w: &mut opendal::raw::oio::Writer, _key: &str) -> Result<(), opendal::Error> {
+    match tokio::time::timeout(ABORT_DEADLINE, w.abort_dyn()).await {
+        Ok(done) => done,
+        Err(_) => Err(opendal::Error::new(opendal::ErrorKind::Unexpected, "abort timed out")),
     }
 }

@@ -40,8 +40,20 @@ pub struct Garage {
     pub secret: String,
 }
 
-/// A free TCP port on loopback (bound, read, released: Garage binds it next).
+/// A free TCP port on loopback for a server to bind next. Taken below the kernel's
+/// ephemeral range (32768 up): a port from that range, released, can become the local
+/// port of any outgoing connection (rclone's, replicad's) before Garage binds it.
 pub(crate) fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let start = seed();
+    for i in 0..1000u64 {
+        let n = start.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed)).wrapping_add(i);
+        let port = 20_000 + (n % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr").port()
 }
@@ -90,10 +102,19 @@ impl Garage {
             );
             return None;
         }
-        Some(Garage::start_now())
+        // A port taken between our probe and Garage's bind makes it exit at start: try
+        // again on other ports.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Garage::start_now() {
+                Ok(g) => return Some(g),
+                Err(log) => last = log,
+            }
+        }
+        panic!("garage did not start (3 tries):\n{last}");
     }
 
-    fn start_now() -> Garage {
+    fn start_now() -> Result<Garage, String> {
         let dir = tempfile::Builder::new().prefix("garage-").tempdir().expect("temp dir");
         let (rpc, s3, admin) = (free_port(), free_port(), free_port());
         let s = seed();
@@ -125,11 +146,16 @@ impl Garage {
             secret,
         };
         let ready = wait_until(START_DEADLINE, || g.answers() || g.exited());
-        assert!(ready && !g.exited(), "garage did not start:\n{}", g.log());
+        if !ready || g.exited() {
+            return Err(format!("it did not answer:\n{}", g.log()));
+        }
         // The default bucket and key are made just after the API opens; wait for them too.
-        let bucket = wait_until(START_DEADLINE, || g.cli(&["bucket", "info", BUCKET]).is_ok());
-        assert!(bucket, "garage's default bucket never appeared:\n{}", g.log());
-        g
+        let bucket =
+            wait_until(START_DEADLINE, || g.exited() || g.cli(&["bucket", "info", BUCKET]).is_ok());
+        if !bucket || g.exited() {
+            return Err(format!("its default bucket never appeared:\n{}", g.log()));
+        }
+        Ok(g)
     }
 
     /// Kills the node (its data stays); requests to it now fail to connect.
