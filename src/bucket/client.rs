@@ -44,7 +44,8 @@ pub struct Retries {
     pub max_delay: Duration,
     /// Bound on a request without a body (HEAD, LIST, DELETE, complete).
     pub timeout: Duration,
-    /// Bound on each read or write of a body without progress.
+    /// Bound on each read or write of a body — a whole part or a single PUT is one write,
+    /// so this is what a slow uplink has to move a part in (8 MiB in 300 s: ~28 KiB/s).
     pub io_timeout: Duration,
 }
 
@@ -55,7 +56,7 @@ impl Default for Retries {
             min_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(10),
             timeout: Duration::from_secs(60),
-            io_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -208,7 +208,7 @@ async fn multipart(
             if cancel.is_cancelled() {
                 return Err(StoreError::Cancelled { key: key.to_owned() });
             }
-            let (f, part) = (Arc::clone(file), policy.part_size);
+            let (f, part) = (Arc::clone(file), part_size(policy, before.size));
             let chunk = blocking(key, move || read_at(&f, offset, part)).await?;
             if chunk.is_empty() {
                 break;
@@ -269,5 +269,28 @@ async fn abort_error(w: &mut opendal::raw::oio::Writer, _key: &str) -> Result<()
     match tokio::time::timeout(ABORT_DEADLINE, w.abort_dyn()).await {
         Ok(done) => done,
         Err(_) => Err(opendal::Error::new(opendal::ErrorKind::Unexpected, "abort timed out")),
+    }
+}
+
+/// S3 allows 10,000 parts: a file larger than 10,000 × `part_size` gets larger parts (in
+/// whole MiB) rather than failing after uploading most of itself.
+fn part_size(policy: &UploadPolicy, size: u64) -> usize {
+    const MAX_PARTS: u64 = 10_000;
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20;
+    policy.part_size.max(usize::try_from(needed).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_that_no_file_needs_more_than_ten_thousand() {
+        let policy = UploadPolicy::default();
+        assert_eq!(part_size(&policy, 1 << 30), policy.part_size, "1 GiB keeps 8 MiB parts");
+        let huge = 200u64 << 30; // 200 GiB
+        let part = part_size(&policy, huge) as u64;
+        assert!(huge.div_ceil(part) <= 10_000, "{part}-byte parts make too many");
+        assert_eq!(part % (1 << 20), 0, "whole MiB");
     }
 }
