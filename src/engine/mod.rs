@@ -19,6 +19,7 @@
 //! | `horizon` | when xattrs need not be read again (the last clean pass) |
 //! | `report` | counts, the pass report, the exit status, the summary line |
 //! | `names` | lazy relative paths for messages, C names, fd-relative path opening |
+//! | `mirror` | the entry points as one object-safe trait, for the service |
 
 mod apply;
 mod content;
@@ -28,6 +29,7 @@ mod events;
 mod horizon;
 mod links;
 mod look;
+mod mirror;
 mod names;
 mod report;
 mod scope;
@@ -52,6 +54,7 @@ use crate::replica::{Local, Replica, Roots};
 use crate::stats::Stats;
 
 pub use decide::{Action, Rules, decide};
+pub use mirror::Mirror;
 pub use report::{Counts, PassReport, SUMMARY_TARGET};
 
 use horizon::Horizon;

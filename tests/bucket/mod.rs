@@ -8,6 +8,7 @@
 //! the engine through the binary.
 
 mod comparer;
+mod live;
 mod measure;
 mod once;
 mod roundtrip;
