@@ -40,6 +40,11 @@ impl BlockingBucket {
         self.rt.block_on(self.bucket.list())
     }
 
+    /// See [`Bucket::list_scoped`].
+    pub fn list_scoped(&self, paths: &[&crate::relpath::RelPath]) -> Result<Listing, StoreError> {
+        self.rt.block_on(self.bucket.list_scoped(paths))
+    }
+
     /// See [`Bucket::attrs`].
     pub fn attrs(&self, object: &Listed, manifest: &mut Manifest) -> Result<Known, StoreError> {
         self.rt.block_on(self.bucket.attrs(object, manifest))

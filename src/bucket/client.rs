@@ -169,20 +169,51 @@ impl Client {
 
     /// Every object whose key starts with `prefix` (all pages, in key order).
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.list_from(prefix, None, false).await
+    }
+
+    /// Like [`Client::list`], with the object named `prefix` itself when there is one (a
+    /// directory's marker, when `prefix` is a directory key).
+    pub async fn list_with_marker(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.list_from(prefix, None, true).await
+    }
+
+    /// The first object (in key order) whose key starts with `prefix`, the object named
+    /// `prefix` itself included: one LIST request of one key. How event work looks at a
+    /// key or a directory marker with LIST's own Last-Modified (what the manifest binds),
+    /// without listing what surrounds it.
+    pub async fn list_first(&self, prefix: &str) -> Result<Option<Listed>, StoreError> {
+        Ok(self.list_from(prefix, Some(1), true).await?.into_iter().next())
+    }
+
+    async fn list_from(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        own_marker: bool,
+    ) -> Result<Vec<Listed>, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::List, prefix, e);
-        let args =
-            OpList::from(opendal::options::ListOptions { recursive: true, ..Default::default() });
+        let args = OpList::from(opendal::options::ListOptions {
+            recursive: true,
+            limit,
+            ..Default::default()
+        });
         // An empty prefix lists the whole bucket: opendal spells that "/".
         let path = if prefix.is_empty() { "/" } else { prefix };
         let mut lister = self.op.service().list_dyn(self.op.context(), path, args).map_err(err)?;
         let mut out = Vec::new();
         while let Some(entry) = lister.next().await.map_err(err)? {
             let (path, meta) = entry.into_parts();
-            // opendal reports the listed prefix itself when it is a marker; keep real keys.
-            if path == "/" || (!prefix.is_empty() && path == prefix && meta.is_dir()) {
+            // opendal reports the listed prefix itself when it is a marker; the mirror's
+            // root has none to keep, a directory looked at by event work has.
+            let is_own = !prefix.is_empty() && path == prefix && meta.is_dir();
+            if path == "/" || (is_own && !own_marker) {
                 continue;
             }
             out.push(listed(path, &meta));
+            if limit.is_some_and(|n| out.len() >= n) {
+                break;
+            }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
