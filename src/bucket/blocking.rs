@@ -102,6 +102,17 @@ impl BlockingBucket {
         self.rt.block_on(self.bucket.copy(from, to))
     }
 
+    /// See [`Bucket::for_each`].
+    pub fn for_each(
+        &self,
+        what: super::many::Each,
+        pairs: &[(String, String)],
+        jobs: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, StoreError> {
+        self.rt.block_on(self.bucket.for_each(what, pairs, jobs, cancel))
+    }
+
     /// See [`Bucket::load_manifest`].
     pub fn load_manifest(&self) -> Result<Manifest, StoreError> {
         self.rt.block_on(self.bucket.load_manifest())

@@ -43,7 +43,7 @@ pub fn run(
         warn!("--verify has no effect on a bucket yet: objects are not read back after upload");
     }
     let blocking = BlockingBucket::new(bucket, runtime.handle().clone());
-    let replica = BucketReplica::new(blocking, cancel.clone());
+    let replica = BucketReplica::new(blocking, cancel.clone()).with_jobs(config.jobs);
     let engine: Arc<dyn Mirror> =
         match Engine::with_replica(&config, config.excludes.clone(), cancel.clone(), replica) {
             Ok(e) => Arc::new(e),

@@ -30,6 +30,7 @@
 
 mod change;
 mod look;
+mod rename;
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -91,6 +92,8 @@ pub struct BucketReplica {
     written: Mutex<HashSet<String>>,
     /// HEADs this pass (a no-op pass with a trusted manifest makes none; `-v` shows it).
     heads: AtomicU64,
+    /// Requests at once for a renamed directory's copies and deletes (`--jobs`).
+    jobs: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -126,7 +129,14 @@ impl BucketReplica {
             manifest: Mutex::new(None),
             written: Mutex::new(HashSet::new()),
             heads: AtomicU64::new(0),
+            jobs: 4,
         }
+    }
+
+    /// The same replica making at most `jobs` requests at once for a renamed directory.
+    pub fn with_jobs(mut self, jobs: usize) -> BucketReplica {
+        self.jobs = jobs.max(1);
+        self
     }
 }
 
@@ -379,9 +389,14 @@ impl Replica for BucketReplica {
         Err(unsupported("a bucket has no hard links"))
     }
 
-    fn rename(&self, _: &BucketDir, _: &CStr, _: &BucketDir, _: &CStr) -> io::Result<()> {
-        // The engine copies and removes instead (server-side renames come with #13).
-        Err(unsupported("renames in a bucket come with issue #13"))
+    fn rename(
+        &self,
+        from_dir: &BucketDir,
+        from: &CStr,
+        to_dir: &BucketDir,
+        to: &CStr,
+    ) -> io::Result<()> {
+        self.rename_objects(from_dir, from, to_dir, to)
     }
 
     fn remove_file(&self, dir: &BucketDir, name: &CStr) -> io::Result<()> {
