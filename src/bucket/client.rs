@@ -136,8 +136,17 @@ impl Client {
     pub fn new(url: &BucketUrl, s: &S3Settings, retries: Retries) -> Result<Client, StartupError> {
         let op = build(url, s)
             .map_err(|source| StartupError::Client { bucket: url.bucket.clone(), source })?;
-        let notify = |e: opendal::layers::RetryEvent<'_>| {
-            tracing::warn!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying");
+        // A store that is down or throttling fails every request in flight: its first
+        // retry is a warning, the later ones of the same request only debug lines (a
+        // request that gives up is an error where it was made, and the replica guard
+        // says once when the store is unusable and once when it is back).
+        let notify = |e: opendal::layers::RetryEvent<'_>| match e.attempt {
+            1 => {
+                tracing::warn!(op = ?e.op, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying with backoff")
+            }
+            _ => {
+                tracing::debug!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed again; retrying")
+            }
         };
         let op = op
             .layer(

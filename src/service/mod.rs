@@ -187,7 +187,12 @@ pub async fn serve(config: Config, engine: Arc<dyn Mirror>, cancel: Cancellation
     let mut watcher = Watcher::new(&config, hints_tx, full_pass.clone());
     let mut status = 0;
     if watcher.start(&cancel).await {
-        let work = work_fn(engine.clone(), exclusive.clone(), full_pass.clone(), cancel.clone());
+        // A store that fails event work (down, throttling, credentials) loses no change:
+        // the work is not retried path by path but folded into a full pass, which the
+        // replica guard holds back (re-checked every few seconds) until the store answers.
+        let fold = config.bucket.is_some();
+        let work =
+            work_fn(engine.clone(), exclusive.clone(), full_pass.clone(), cancel.clone(), fold);
         tracker.spawn(queue::run_queue(
             hints_rx,
             config.jobs,
@@ -413,6 +418,7 @@ fn work_fn(
     exclusive: Arc<RwLock<()>>,
     full_pass: Arc<Notify>,
     cancel: CancellationToken,
+    fold_failures: bool,
 ) -> impl Fn(Work) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>> + Clone + Send + 'static
 {
     move |work: Work| {
@@ -441,6 +447,10 @@ fn work_fn(
                     // A link made across directories to a name no pass has seen linked:
                     // only a full pass finds the other name.
                     if report.links_unresolved {
+                        full_pass.notify_one();
+                    }
+                    let failed = report.guard.is_some() || report.counts.errors > 0;
+                    if fold_failures && failed && !report.cancelled {
                         full_pass.notify_one();
                     }
                     record_counts(engine_stats.as_ref(), &report);

@@ -2,6 +2,7 @@
 //! driven by SOURCE's events alone (`--interval 1h`, so no periodic pass hides a missed
 //! event), checked with the bucket oracle while polling with deadlines.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use crate::support::bucket::{compare_bucket, try_read_bucket};
 use crate::support::garage::{BUCKET, Garage};
 use crate::support::{Service, Tree, wait_until};
 
-use super::{TestBucket, connect};
+use super::{TestBucket, connect, multipart_uploads};
 
 /// How long an event may take to reach the bucket in these tests (a loaded CI machine).
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -40,7 +41,6 @@ pub fn converges(b: &TestBucket, src: &Path, svc: &Service, what: &str) {
 }
 
 /// The actions the service logged (`action=…` fields), in order.
-#[allow(dead_code)] // used by the rename tests below once they land
 pub fn actions(log: &str) -> Vec<String> {
     log.lines()
         .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("action=")))
@@ -84,9 +84,144 @@ fn bucket_live_events_reach_the_bucket() {
     check("rm -r");
     t.rename("d/old.txt", "d/renamed.txt");
     check("file rename");
+    let log = svc.log();
+    assert!(actions(&log).contains(&"rename".to_owned()), "a rename, not a copy:\n{log}");
     t.dir("e").rename("new.txt", "e/new.txt");
     check("rename into a new directory");
     let log = svc.log();
     assert!(!log.contains("ERROR"), "no errors:\n{log}");
     assert_eq!(log.matches("pass complete").count(), 1, "events only, one pass:\n{log}");
+}
+
+/// Requests Garage answered since `before`, by endpoint.
+fn delta(g: &Garage, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let mut now = g.s3_requests();
+    for (k, v) in now.iter_mut() {
+        *v -= before.get(k).copied().unwrap_or(0);
+    }
+    now.retain(|_, v| *v > 0);
+    now
+}
+
+#[test]
+fn bucket_live_directory_rename_is_server_side_copies() {
+    let Some(g) = Garage::start("bucket_live_directory_rename_is_server_side_copies") else {
+        return;
+    };
+    let t = Tree::new();
+    for i in 0..2000 {
+        t.file(format!("big/sub{}/f{i:04}", i % 10), format!("content {i}"));
+    }
+    let svc = live(&g, &t, "mv", &["--interval", "1h"]);
+    let b = connect(&g, "mv");
+    converges(&b, t.src(), &svc, "first pass");
+    let before = g.s3_requests();
+    t.rename("big", "moved");
+    converges(&b, t.src(), &svc, "directory rename");
+    let d = delta(&g, &before);
+    let log = svc.log();
+    let copies = d.get("CopyObject").copied().unwrap_or(0);
+    assert!(copies >= 2000, "every object copied server-side: {d:?}\n{log}");
+    for upload in ["PutObject", "UploadPart", "CreateMultipartUpload"] {
+        assert_eq!(d.get(upload), None, "no {upload}: {d:?}\n{log}");
+    }
+    assert!(log.contains("moving a directory by server-side copies"), "progress said:\n{log}");
+}
+
+#[test]
+fn bucket_live_burst_of_5000_files_converges() {
+    let Some(g) = Garage::start("bucket_live_burst_of_5000_files_converges") else { return };
+    let t = Tree::new();
+    t.file("seed", "s");
+    let svc = live(&g, &t, "burst", &["--interval", "1h"]);
+    let b = connect(&g, "burst");
+    for i in 0..5000 {
+        t.file(format!("d{}/f{i:04}", i % 50), format!("{i}"));
+    }
+    let same = wait_until(Duration::from_secs(240), || {
+        try_read_bucket(&b.settings, &b.url)
+            .is_some_and(|o| compare_bucket(t.src(), &b.url.prefix, &o).is_ok())
+    });
+    assert!(same, "5,000 files not mirrored in time; log:\n{}", svc.log());
+    assert!(!svc.log().contains("ERROR"), "no errors:\n{}", svc.log());
+}
+
+#[test]
+fn bucket_live_sigterm_during_a_multipart_upload_leaves_nothing_partial() {
+    let Some(g) = Garage::start("bucket_live_sigterm_during_a_multipart_upload") else { return };
+    let t = Tree::new();
+    t.file("small", "s");
+    let mut svc = live(&g, &t, "term", &["--interval", "1h"]);
+    // Written beside SOURCE, then moved in whole: one event, one upload.
+    let big = t.base().join("big.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&big).expect("create");
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..300 {
+            f.write_all(&chunk).expect("write");
+        }
+    }
+    let before = g.s3_requests();
+    std::fs::rename(&big, t.src().join("big.bin")).expect("move in");
+    let started = wait_until(Duration::from_secs(60), || {
+        delta(&g, &before).get("UploadPart").is_some_and(|n| *n >= 1)
+    });
+    assert!(started, "no multipart upload started; log:\n{}", svc.log());
+    svc.terminate();
+    let status = svc.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "exit 0 promptly; log:\n{}", svc.log());
+    let b = connect(&g, "term");
+    let objects = try_read_bucket(&b.settings, &b.url).expect("read the bucket");
+    assert!(!objects.contains_key("term/big.bin"), "no object under the final key");
+    assert_eq!(multipart_uploads(&g, BUCKET), 0, "no multipart upload left behind");
+}
+
+#[test]
+fn bucket_live_store_down_mid_burst_loses_nothing_and_deletes_nothing() {
+    let Some(mut g) = Garage::start("bucket_live_store_down_mid_burst") else { return };
+    let t = Tree::new();
+    for i in 0..200 {
+        t.file(format!("old/f{i:03}"), format!("{i}"));
+    }
+    let svc = live(&g, &t, "down", &["--interval", "1h"]);
+    let b = connect(&g, "down");
+    converges(&b, t.src(), &svc, "first pass");
+    for i in 0..500 {
+        t.file(format!("new/f{i:03}"), format!("{i}"));
+        if i == 100 {
+            g.stop();
+        }
+    }
+    t.remove("old/f000");
+    // The outage lasts 20 s: no result to wait for, only time to pass.
+    wait_until(Duration::from_secs(20), || false);
+    let before_start = svc.log().len();
+    g.start_again();
+    let same = wait_until(Duration::from_secs(180), || {
+        try_read_bucket(&b.settings, &b.url)
+            .is_some_and(|o| compare_bucket(t.src(), &b.url.prefix, &o).is_ok())
+    });
+    let log = svc.log();
+    assert!(same, "not converged after the store came back; log:\n{log}");
+    let removes = actions(&log).iter().filter(|a| *a == "remove").count();
+    assert_eq!(removes, 1, "only the file deleted in SOURCE is removed:\n{log}");
+    let outage = &log[..before_start];
+    assert!(outage.contains("bucket request failed; retrying"), "the outage is said:\n{log}");
+    let retries = outage.lines().filter(|l| l.contains("retrying with backoff")).count();
+    assert!(retries <= 20, "said once per request, not once per attempt:\n{log}");
+}
+
+#[test]
+fn bucket_live_objects_deleted_behind_its_back_are_repaired_by_the_next_pass() {
+    let Some(g) = Garage::start("bucket_live_objects_deleted_behind_its_back") else { return };
+    let t = Tree::new();
+    t.file("a", "a").file("d/b", "b").symlink("l", "a");
+    let svc = live(&g, &t, "behind", &["--interval", "2s"]);
+    let b = connect(&g, "behind");
+    converges(&b, t.src(), &svc, "first pass");
+    for key in ["behind/a", "behind/d/b", "behind/l.rclonelink", "behind/d/"] {
+        b.run(b.inner().client().delete(key)).expect("delete behind replicad's back");
+    }
+    converges(&b, t.src(), &svc, "repaired by a periodic pass");
 }
