@@ -225,3 +225,40 @@ fn bucket_live_objects_deleted_behind_its_back_are_repaired_by_the_next_pass() {
     }
     converges(&b, t.src(), &svc, "repaired by a periodic pass");
 }
+
+#[test]
+fn bucket_live_rename_of_an_object_changed_behind_its_back_uploads_instead() {
+    let Some(g) = Garage::start("bucket_live_rename_of_a_changed_object") else { return };
+    let t = Tree::new();
+    t.file("f", "mine");
+    let svc = live(&g, &t, "fb", &["--interval", "1h"]);
+    let b = connect(&g, "fb");
+    converges(&b, t.src(), &svc, "first pass");
+    // Another writer replaces the object: a copy of it would mirror their bytes.
+    b.run(b.inner().client().put("fb/f", b"theirs".to_vec(), Default::default()))
+        .expect("put behind replicad's back");
+    t.rename("f", "g");
+    converges(&b, t.src(), &svc, "rename after a change behind its back");
+    let log = svc.log();
+    assert!(!actions(&log).contains(&"rename".to_owned()), "no server-side copy:\n{log}");
+}
+
+#[test]
+fn bucket_live_revoked_credentials_are_an_error_not_a_crash_loop() {
+    let Some(g) = Garage::start("bucket_live_revoked_credentials") else { return };
+    let t = Tree::new();
+    t.file("a", "a");
+    let mut svc = live(&g, &t, "cred", &["--interval", "1h"]);
+    let key = g.env().into_iter().find(|(k, _)| *k == "AWS_ACCESS_KEY_ID").map(|(_, v)| v);
+    let key = key.expect("the test key");
+    g.cli(&["key", "delete", "--yes", &key]).expect("revoke the key");
+    t.file("b", "b");
+    assert!(
+        svc.wait_log(Duration::from_secs(60), "replica guard"),
+        "a clear error; log:\n{}",
+        svc.log()
+    );
+    assert_eq!(svc.wait_exit(Duration::from_secs(8)), None, "still running:\n{}", svc.log());
+    let errors = svc.log().lines().filter(|l| l.contains("ERROR")).count();
+    assert!(errors <= 3, "said once, not once per re-check:\n{}", svc.log());
+}
