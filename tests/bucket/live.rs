@@ -262,3 +262,55 @@ fn bucket_live_revoked_credentials_are_an_error_not_a_crash_loop() {
     let errors = svc.log().lines().filter(|l| l.contains("ERROR")).count();
     assert!(errors <= 3, "said once, not once per re-check:\n{}", svc.log());
 }
+
+/// Change-to-object latency of single changes and a 5,000-file burst's converged time,
+/// printed (a measurement, never a gate): `cargo test --test tests
+/// bucket_live_measure -- --ignored --nocapture` (`MEASURE_JOBS` sets `--jobs`, default 8).
+/// Polls with HEAD every 2 ms.
+#[test]
+#[ignore = "a measurement; run by hand"]
+fn bucket_live_measure_latency_and_burst() {
+    let Some(g) = Garage::start("bucket_live_measure_latency_and_burst") else { return };
+    let t = Tree::new();
+    t.file("seed", "s");
+    let jobs = std::env::var("MEASURE_JOBS").unwrap_or_else(|_| "8".into());
+    let svc = live(&g, &t, "lat", &["--interval", "1h", "--jobs", &jobs]);
+    let b = connect(&g, "lat");
+    let mut ms = Vec::new();
+    for i in 0..200 {
+        let key = format!("lat/one/f{i:03}");
+        let started = std::time::Instant::now();
+        t.file(format!("one/f{i:03}"), format!("{i}"));
+        let mut seen = false;
+        while started.elapsed() < Duration::from_secs(10) {
+            if b.run(b.inner().client().head(&key)).is_ok() {
+                seen = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(seen, "{key} never appeared; log:\n{}", svc.log());
+        ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 * p) as usize).min(ms.len() - 1)];
+    eprintln!(
+        "single changes (debounce 50 ms), ms: p50 {:.0} p95 {:.0} p99 {:.0} max {:.0}",
+        pct(0.50),
+        pct(0.95),
+        pct(0.99),
+        pct(1.0)
+    );
+    let started = std::time::Instant::now();
+    for i in 0..5000 {
+        t.file(format!("burst/d{}/f{i:04}", i % 50), format!("{i}"));
+    }
+    // The log says when the last copy is done (reading the bucket back while it works
+    // would load the store); the oracle checks the result once after.
+    let copies = |log: &str| log.matches("action=copy path=burst/").count();
+    let done = wait_until(Duration::from_secs(600), || copies(&svc.log()) >= 5000);
+    let took = started.elapsed().as_secs_f64();
+    assert!(done, "burst not mirrored; log:\n{}", svc.log());
+    converges(&b, t.src(), &svc, "burst");
+    eprintln!("5,000-file burst converged in {took:.1} s");
+}
