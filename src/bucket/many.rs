@@ -1,6 +1,6 @@
 //! Many requests of one kind with bounded concurrency: the server-side copies and the
 //! deletes of a renamed directory (thousands of keys). At most `jobs` requests in flight,
-//! progress in the log every [`PROGRESS_EVERY`] keys, a stop between requests when the
+//! progress in the log every 500 keys, a stop between requests when the
 //! cancellation token fires, the first error ends it (requests already sent finish).
 //! Knows keys, not paths.
 
