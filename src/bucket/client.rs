@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opendal::BytesRange;
@@ -84,12 +85,13 @@ pub struct Head {
     pub user_metadata: HashMap<String, String>,
 }
 
-/// The S3 client for one bucket.
+/// The S3 client for one bucket: one operator per endpoint of `AWS_ENDPOINT_URL`, the
+/// current one shared by every clone (requests go to one endpoint at a time).
 #[derive(Clone, Debug)]
 pub struct Client {
-    op: Operator,
+    ops: Arc<[(Operator, String)]>,
+    current: Arc<AtomicUsize>,
     bucket: String,
-    endpoint: String,
 }
 
 fn unquote(etag: &str) -> String {
@@ -99,7 +101,7 @@ fn unquote(etag: &str) -> String {
 /// A connection that cannot be made in this long is an unreachable endpoint, not a slow one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
+fn build(url: &BucketUrl, s: &S3Settings, endpoint: Option<&str>) -> opendal::Result<Operator> {
     let mut b = opendal::services::S3::default()
         .bucket(&url.bucket)
         .root("/")
@@ -107,7 +109,7 @@ fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
         .access_key_id(&s.access_key_id)
         .secret_access_key(&s.secret_access_key)
         .disable_config_load();
-    if let Some(e) = &s.endpoint {
+    if let Some(e) = endpoint {
         b = b.endpoint(e);
     }
     if let Some(t) = &s.session_token {
@@ -134,38 +136,70 @@ fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
 impl Client {
     /// Builds the client (no request is made).
     pub fn new(url: &BucketUrl, s: &S3Settings, retries: Retries) -> Result<Client, StartupError> {
-        let op = build(url, s)
-            .map_err(|source| StartupError::Client { bucket: url.bucket.clone(), source })?;
-        // A store that is down or throttling fails every request in flight: its first
-        // retry is a warning, the later ones of the same request only debug lines (a
-        // request that gives up is an error where it was made, and the replica guard
-        // says once when the store is unusable and once when it is back).
-        let notify = |e: opendal::layers::RetryEvent<'_>| match e.attempt {
-            1 => {
-                tracing::warn!(op = ?e.op, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying with backoff")
-            }
-            _ => {
-                tracing::debug!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed again; retrying")
-            }
-        };
-        let op = op
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(retries.timeout)
-                    .with_io_timeout(retries.io_timeout),
-            )
-            .layer(
-                RetryLayer::new()
-                    .with_jitter()
-                    .with_max_times(retries.max_times)
-                    .with_min_delay(retries.min_delay)
-                    .with_max_delay(retries.max_delay)
-                    .with_notify(notify),
-            );
-        let endpoint = s.endpoint.clone().unwrap_or_else(|| "https://s3.amazonaws.com".to_owned());
-        Ok(Client { op, bucket: url.bucket.clone(), endpoint })
+        let mut ops = Vec::new();
+        for endpoint in s.endpoints() {
+            let op = build(url, s, endpoint.as_deref())
+                .map_err(|source| StartupError::Client { bucket: url.bucket.clone(), source })?;
+            let shown = endpoint.unwrap_or_else(|| "https://s3.amazonaws.com".to_owned());
+            ops.push((with_layers(op, retries), shown));
+        }
+        Ok(Client { ops: ops.into(), current: Arc::default(), bucket: url.bucket.clone() })
     }
 
+    /// The operator of the current endpoint.
+    fn op(&self) -> &Operator {
+        &self.ops[self.current.load(Ordering::Relaxed) % self.ops.len()].0
+    }
+
+    /// Failover: the next endpoint of `AWS_ENDPOINT_URL` (wrapping around) becomes the
+    /// current one, for every clone of this client; its URL, or `None` with a single
+    /// endpoint. Called when a request could not reach the current one (see
+    /// [`is_unreachable`]); requests in flight finish (or fail) where they were sent.
+    pub fn failover(&self) -> Option<&str> {
+        if self.ops.len() < 2 {
+            return None;
+        }
+        let next = (self.current.fetch_add(1, Ordering::Relaxed) + 1) % self.ops.len();
+        Some(&self.ops[next].1)
+    }
+
+    /// Makes the endpoint at `index` (in `AWS_ENDPOINT_URL`'s order) the current one.
+    pub fn use_endpoint(&self, index: usize) {
+        self.current.store(index % self.ops.len(), Ordering::Relaxed);
+    }
+
+    /// How many endpoints there are.
+    pub fn endpoint_count(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// The retry and timeout layers every request goes through.
+fn with_layers(op: Operator, retries: Retries) -> Operator {
+    // A store that is down or throttling fails every request in flight: its first
+    // retry is a warning, the later ones of the same request only debug lines (a
+    // request that gives up is an error where it was made, and the replica guard
+    // says once when the store is unusable and once when it is back).
+    let notify = |e: opendal::layers::RetryEvent<'_>| match e.attempt {
+        1 => {
+            tracing::warn!(op = ?e.op, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying with backoff")
+        }
+        _ => {
+            tracing::debug!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed again; retrying")
+        }
+    };
+    op.layer(TimeoutLayer::new().with_timeout(retries.timeout).with_io_timeout(retries.io_timeout))
+        .layer(
+            RetryLayer::new()
+                .with_jitter()
+                .with_max_times(retries.max_times)
+                .with_min_delay(retries.min_delay)
+                .with_max_delay(retries.max_delay)
+                .with_notify(notify),
+        )
+}
+
+impl Client {
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -173,7 +207,7 @@ impl Client {
 
     /// The endpoint requests go to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.ops[self.current.load(Ordering::Relaxed) % self.ops.len()].1
     }
 
     /// Every object whose key starts with `prefix` (all pages, in key order).
@@ -209,7 +243,8 @@ impl Client {
         });
         // An empty prefix lists the whole bucket: opendal spells that "/".
         let path = if prefix.is_empty() { "/" } else { prefix };
-        let mut lister = self.op.service().list_dyn(self.op.context(), path, args).map_err(err)?;
+        let mut lister =
+            self.op().service().list_dyn(self.op().context(), path, args).map_err(err)?;
         let mut out = Vec::new();
         while let Some(entry) = lister.next().await.map_err(err)? {
             let (path, meta) = entry.into_parts();
@@ -236,16 +271,16 @@ impl Client {
             ..Default::default()
         });
         let path = if prefix.is_empty() { "/" } else { prefix };
-        let mut lister = self.op.service().list_dyn(self.op.context(), path, args)?;
+        let mut lister = self.op().service().list_dyn(self.op().context(), path, args)?;
         lister.next().await.map(|_| ())
     }
 
     /// HEAD: size, ETag and user metadata.
     pub async fn head(&self, key: &str) -> Result<Head, StoreError> {
         let rp = self
-            .op
+            .op()
             .service()
-            .stat_dyn(self.op.context(), key, OpStat::new())
+            .stat_dyn(self.op().context(), key, OpStat::new())
             .await
             .map_err(|e| StoreError::from_opendal(StoreOp::Head, key, e))?;
         let meta = rp.into_metadata();
@@ -264,7 +299,7 @@ impl Client {
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Get, key, e);
         let reader =
-            self.op.service().read_dyn(self.op.context(), key, OpRead::new()).map_err(err)?;
+            self.op().service().read_dyn(self.op().context(), key, OpRead::new()).map_err(err)?;
         let (_, mut stream) = reader.open(BytesRange::default()).await.map_err(err)?;
         Ok(stream.read_all().await.map_err(err)?.to_vec())
     }
@@ -285,8 +320,8 @@ impl Client {
             ..Default::default()
         };
         let (args, _) =
-            OpWrite::from_options(&self.op.service().capability(), options).map_err(err)?;
-        self.op.service().write_dyn(self.op.context(), key, args).map_err(err)
+            OpWrite::from_options(&self.op().service().capability(), options).map_err(err)?;
+        self.op().service().write_dyn(self.op().context(), key, args).map_err(err)
     }
 
     /// One PUT of `body` with `metadata`; returns the ETag.
@@ -306,7 +341,7 @@ impl Client {
     /// DELETE one key (S3 answers success for a missing key too).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Delete, key, e);
-        let mut d = self.op.service().delete_dyn(self.op.context()).map_err(err)?;
+        let mut d = self.op().service().delete_dyn(self.op().context()).map_err(err)?;
         d.delete(key, OpDelete::new()).await.map_err(err)?;
         d.close().await.map_err(err)
     }
@@ -315,8 +350,11 @@ impl Client {
     /// new ETag. For renames (#13): no byte passes through replicad.
     pub async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Copy, to, e);
-        let mut c =
-            self.op.service().copy_dyn(self.op.context(), from, to, OpCopy::new()).map_err(err)?;
+        let mut c = self
+            .op()
+            .service()
+            .copy_dyn(self.op().context(), from, to, OpCopy::new())
+            .map_err(err)?;
         loop {
             match c.next().await {
                 Ok(Some(_)) => {}
@@ -335,6 +373,12 @@ impl Client {
             }
         }
     }
+}
+
+/// True if `text` (an error's one line) says the request never reached the store (no
+/// connection, a timeout): another endpoint may answer.
+pub fn is_unreachable(text: &str) -> bool {
+    text.contains("send http request") || text.contains("timeout") || text.contains("timed out")
 }
 
 fn listed(key: String, meta: &Metadata) -> Listed {

@@ -75,8 +75,9 @@ impl Bucket {
         retries: Retries,
         policy: UploadPolicy,
     ) -> Result<Bucket, StartupError> {
-        super::check::startup_check(url, settings).await?;
+        let answered = super::check::startup_check(url, settings).await?;
         let client = Client::new(url, settings, retries)?;
+        client.use_endpoint(answered);
         Ok(Bucket { client, prefix: url.prefix.clone(), policy })
     }
 

@@ -314,3 +314,26 @@ fn bucket_live_measure_latency_and_burst() {
     converges(&b, t.src(), &svc, "burst");
     eprintln!("5,000-file burst converged in {took:.1} s");
 }
+
+#[test]
+fn bucket_live_an_unreachable_first_endpoint_is_passed_over() {
+    let Some(g) = Garage::start("bucket_live_an_unreachable_first_endpoint") else { return };
+    let t = Tree::new();
+    t.file("a", "a");
+    // A port nothing listens on: bound, then closed.
+    let dead =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let mut cmd = std::process::Command::new(crate::support::bin());
+    cmd.envs(g.env())
+        .env("AWS_ENDPOINT_URL", format!("http://{dead},{}", g.endpoint()))
+        .arg(t.src())
+        .arg(format!("s3://{BUCKET}/two"))
+        .args(["--debounce", "50ms", "--interval", "1h"]);
+    let mut svc = Service::start_command(t.base(), cmd);
+    svc.wait_first_pass();
+    let b = connect(&g, "two");
+    converges(&b, t.src(), &svc, "first pass through the second endpoint");
+    t.file("b", "b");
+    converges(&b, t.src(), &svc, "an event through the second endpoint");
+    assert!(svc.log().contains("trying the next"), "the failover is said:\n{}", svc.log());
+}

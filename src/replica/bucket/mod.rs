@@ -112,6 +112,24 @@ fn unusable(e: StoreError) -> GuardTrip {
     GuardTrip::ReplicaUnusable(crate::bucket::error::one_line(&e))
 }
 
+impl BucketReplica {
+    /// Like [`unusable`]; and when the store could not be reached at all, the next
+    /// endpoint of `AWS_ENDPOINT_URL` is tried by the guard's next re-check.
+    fn unreachable_or_unusable(&self, e: StoreError) -> GuardTrip {
+        let trip = unusable(e);
+        if let GuardTrip::ReplicaUnusable(text) = &trip
+            && crate::bucket::client::is_unreachable(text)
+            && let Some(next) = self.bucket.inner().client().failover()
+        {
+            tracing::warn!(
+                endpoint = next,
+                "bucket endpoint unreachable; failing over to the next"
+            );
+        }
+        trip
+    }
+}
+
 fn map_err(e: MapError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
@@ -168,7 +186,7 @@ impl Replica for BucketReplica {
     ) -> Result<Roots<BucketDir>, GuardTrip> {
         let open = || {
             self.load_manifest()?;
-            let view = View::new(self.bucket.list().map_err(unusable)?);
+            let view = View::new(self.bucket.list().map_err(|e| self.unreachable_or_unusable(e))?);
             lock(&self.written).clear();
             self.heads.store(0, Ordering::Relaxed);
             let empty = view.is_empty();
@@ -186,7 +204,8 @@ impl Replica for BucketReplica {
     ) -> Result<Roots<BucketDir>, GuardTrip> {
         let open = || {
             self.load_manifest()?;
-            let view = View::new(self.bucket.list_scoped(paths).map_err(unusable)?);
+            let listed = self.bucket.list_scoped(paths);
+            let view = View::new(listed.map_err(|e| self.unreachable_or_unusable(e))?);
             // Not the whole prefix: never "empty", so an empty SOURCE trips the guard.
             Ok((BucketDir::root(view), false))
         };
