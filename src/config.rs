@@ -159,8 +159,7 @@ impl Config {
     }
 }
 
-/// An `s3://` REPLICA, validated once: the URL, the `AWS_*` variables, and the modes a
-/// bucket supports so far (one pass: the live service into a bucket is issue #13).
+/// An `s3://` REPLICA, validated once: the URL and the `AWS_*` variables.
 fn check_bucket(args: &Args) -> Result<Option<(BucketUrl, S3Settings)>, Fatal> {
     let fail =
         |reason: String| Fatal::Bucket { url: args.replica.to_string_lossy().into_owned(), reason };
@@ -168,11 +167,6 @@ fn check_bucket(args: &Args) -> Result<Option<(BucketUrl, S3Settings)>, Fatal> {
     else {
         return Ok(None);
     };
-    if !args.once && !args.dry_run {
-        return Err(fail(
-            "the live service into a bucket comes with issue #13; use --once (or --dry-run)".into(),
-        ));
-    }
     let settings =
         S3Settings::from_env(|k| std::env::var(k).ok()).map_err(|e| fail(e.to_string()))?;
     Ok(Some((url, settings)))

@@ -40,6 +40,11 @@ impl BlockingBucket {
         self.rt.block_on(self.bucket.list())
     }
 
+    /// See [`Bucket::list_scoped`].
+    pub fn list_scoped(&self, paths: &[&crate::relpath::RelPath]) -> Result<Listing, StoreError> {
+        self.rt.block_on(self.bucket.list_scoped(paths))
+    }
+
     /// See [`Bucket::attrs`].
     pub fn attrs(&self, object: &Listed, manifest: &mut Manifest) -> Result<Known, StoreError> {
         self.rt.block_on(self.bucket.attrs(object, manifest))
@@ -95,6 +100,17 @@ impl BlockingBucket {
     /// See [`Bucket::copy`].
     pub fn copy(&self, from: &str, to: &str) -> Result<String, StoreError> {
         self.rt.block_on(self.bucket.copy(from, to))
+    }
+
+    /// See [`Bucket::for_each`].
+    pub fn for_each(
+        &self,
+        what: super::many::Each,
+        pairs: &[(String, String)],
+        jobs: usize,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<String>, StoreError> {
+        self.rt.block_on(self.bucket.for_each(what, pairs, jobs, cancel))
     }
 
     /// See [`Bucket::load_manifest`].

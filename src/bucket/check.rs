@@ -20,8 +20,10 @@ const CREDENTIAL_CODES: [&str; 6] = [
     "No such key",
 ];
 
-/// Fails with the [`StartupError`] that says why the bucket cannot be used.
-pub async fn startup_check(url: &BucketUrl, settings: &S3Settings) -> Result<(), StartupError> {
+/// Fails with the [`StartupError`] that says why the bucket cannot be used. With several
+/// endpoints, an unreachable one is passed over for the next; the index of the first that
+/// answered (the last one's error if none did).
+pub async fn startup_check(url: &BucketUrl, settings: &S3Settings) -> Result<usize, StartupError> {
     let quick = Retries {
         max_times: 2,
         min_delay: Duration::from_millis(100),
@@ -30,9 +32,25 @@ pub async fn startup_check(url: &BucketUrl, settings: &S3Settings) -> Result<(),
         io_timeout: Duration::from_secs(10),
     };
     let client = Client::new(url, settings, quick)?;
-    match client.list_some(url.prefix.as_str(), 1).await {
-        Ok(()) => Ok(()),
-        Err(e) => Err(classify(url, &client, e)),
+    let mut index = 0;
+    loop {
+        client.use_endpoint(index);
+        match client.list_some(url.prefix.as_str(), 1).await {
+            Ok(()) => return Ok(index),
+            Err(e) => match classify(url, &client, e) {
+                StartupError::Unreachable { endpoint, detail, .. }
+                    if index + 1 < client.endpoint_count() =>
+                {
+                    tracing::warn!(
+                        endpoint,
+                        detail,
+                        "bucket endpoint unreachable; trying the next"
+                    );
+                    index += 1;
+                }
+                other => return Err(other),
+            },
+        }
     }
 }
 

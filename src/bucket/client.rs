@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use opendal::BytesRange;
@@ -85,16 +86,17 @@ pub struct Head {
     pub user_metadata: HashMap<String, String>,
 }
 
-/// The S3 client for one bucket.
+/// The S3 client for one bucket: one operator per endpoint of `AWS_ENDPOINT_URL`, the
+/// current one shared by every clone (requests go to one endpoint at a time).
 #[derive(Clone, Debug)]
 pub struct Client {
-    op: Operator,
-    /// The same store without the retry layer, for multipart writers: a part write that
-    /// a stop drops mid-flight leaves the retry layer's writer unable to abort, and the
-    /// engine retries a failed upload whole anyway.
-    unretried: Operator,
+    /// Per endpoint: the store with retries, the same without the retry layer (for
+    /// multipart writers: a part write a stop drops mid-flight leaves the retry layer's
+    /// writer unable to abort, and the engine retries a failed upload whole anyway), and
+    /// its URL.
+    ops: Arc<[Endpoint]>,
+    current: Arc<AtomicUsize>,
     bucket: String,
-    endpoint: String,
 }
 
 fn unquote(etag: &str) -> String {
@@ -104,7 +106,7 @@ fn unquote(etag: &str) -> String {
 /// A connection that cannot be made in this long is an unreachable endpoint, not a slow one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
+fn build(url: &BucketUrl, s: &S3Settings, endpoint: Option<&str>) -> opendal::Result<Operator> {
     let mut b = opendal::services::S3::default()
         .bucket(&url.bucket)
         .root("/")
@@ -112,7 +114,7 @@ fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
         .access_key_id(&s.access_key_id)
         .secret_access_key(&s.secret_access_key)
         .disable_config_load();
-    if let Some(e) = &s.endpoint {
+    if let Some(e) = endpoint {
         b = b.endpoint(e);
     }
     if let Some(t) = &s.session_token {
@@ -139,27 +141,87 @@ fn build(url: &BucketUrl, s: &S3Settings) -> opendal::Result<Operator> {
 impl Client {
     /// Builds the client (no request is made).
     pub fn new(url: &BucketUrl, s: &S3Settings, retries: Retries) -> Result<Client, StartupError> {
-        let op = build(url, s)
-            .map_err(|source| StartupError::Client { bucket: url.bucket.clone(), source })?;
-        let notify = |e: opendal::layers::RetryEvent<'_>| {
-            tracing::warn!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying");
-        };
-        let op = op.layer(
-            TimeoutLayer::new().with_timeout(retries.timeout).with_io_timeout(retries.io_timeout),
-        );
-        let unretried = op.clone();
-        let op = op.layer(
-            RetryLayer::new()
-                .with_jitter()
-                .with_max_times(retries.max_times)
-                .with_min_delay(retries.min_delay)
-                .with_max_delay(retries.max_delay)
-                .with_notify(notify),
-        );
-        let endpoint = s.endpoint.clone().unwrap_or_else(|| "https://s3.amazonaws.com".to_owned());
-        Ok(Client { op, unretried, bucket: url.bucket.clone(), endpoint })
+        let mut ops = Vec::new();
+        for endpoint in s.endpoints() {
+            let op = build(url, s, endpoint.as_deref())
+                .map_err(|source| StartupError::Client { bucket: url.bucket.clone(), source })?;
+            let shown = endpoint.unwrap_or_else(|| "https://s3.amazonaws.com".to_owned());
+            let (retried, unretried) = with_layers(op, retries);
+            ops.push(Endpoint { retried, unretried, url: shown });
+        }
+        Ok(Client { ops: ops.into(), current: Arc::default(), bucket: url.bucket.clone() })
     }
 
+    /// The operator of the current endpoint.
+    fn op(&self) -> &Operator {
+        &self.current().retried
+    }
+
+    fn current(&self) -> &Endpoint {
+        &self.ops[self.current.load(Ordering::Relaxed) % self.ops.len()]
+    }
+
+    /// Failover: the next endpoint of `AWS_ENDPOINT_URL` (wrapping around) becomes the
+    /// current one, for every clone of this client; its URL, or `None` with a single
+    /// endpoint. Called when a request could not reach the current one (see
+    /// [`is_unreachable`]); requests in flight finish (or fail) where they were sent.
+    pub fn failover(&self) -> Option<&str> {
+        if self.ops.len() < 2 {
+            return None;
+        }
+        let next = (self.current.fetch_add(1, Ordering::Relaxed) + 1) % self.ops.len();
+        Some(&self.ops[next].url)
+    }
+
+    /// Makes the endpoint at `index` (in `AWS_ENDPOINT_URL`'s order) the current one.
+    pub fn use_endpoint(&self, index: usize) {
+        self.current.store(index % self.ops.len(), Ordering::Relaxed);
+    }
+
+    /// How many endpoints there are.
+    pub fn endpoint_count(&self) -> usize {
+        self.ops.len()
+    }
+}
+
+/// One endpoint of `AWS_ENDPOINT_URL`.
+#[derive(Debug)]
+struct Endpoint {
+    retried: Operator,
+    unretried: Operator,
+    url: String,
+}
+
+/// The timeout and retry layers every request goes through; also the store with the
+/// timeouts only.
+fn with_layers(op: Operator, retries: Retries) -> (Operator, Operator) {
+    // A store that is down or throttling fails every request in flight: its first
+    // retry is a warning, the later ones of the same request only debug lines (a
+    // request that gives up is an error where it was made, and the replica guard
+    // says once when the store is unusable and once when it is back).
+    let notify = |e: opendal::layers::RetryEvent<'_>| match e.attempt {
+        1 => {
+            tracing::warn!(op = ?e.op, after = ?e.retry_after, error = %e.err, "bucket request failed; retrying with backoff")
+        }
+        _ => {
+            tracing::debug!(op = ?e.op, attempt = e.attempt, after = ?e.retry_after, error = %e.err, "bucket request failed again; retrying")
+        }
+    };
+    let timed = op.layer(
+        TimeoutLayer::new().with_timeout(retries.timeout).with_io_timeout(retries.io_timeout),
+    );
+    let retried = timed.clone().layer(
+        RetryLayer::new()
+            .with_jitter()
+            .with_max_times(retries.max_times)
+            .with_min_delay(retries.min_delay)
+            .with_max_delay(retries.max_delay)
+            .with_notify(notify),
+    );
+    (retried, timed)
+}
+
+impl Client {
     /// The bucket's name.
     pub fn bucket(&self) -> &str {
         &self.bucket
@@ -167,25 +229,57 @@ impl Client {
 
     /// The endpoint requests go to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        &self.current().url
     }
 
     /// Every object whose key starts with `prefix` (all pages, in key order).
     pub async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.list_from(prefix, None, false).await
+    }
+
+    /// Like [`Client::list`], with the object named `prefix` itself when there is one (a
+    /// directory's marker, when `prefix` is a directory key).
+    pub async fn list_with_marker(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.list_from(prefix, None, true).await
+    }
+
+    /// The first object (in key order) whose key starts with `prefix`, the object named
+    /// `prefix` itself included: one LIST request of one key. How event work looks at a
+    /// key or a directory marker with LIST's own Last-Modified (what the manifest binds),
+    /// without listing what surrounds it.
+    pub async fn list_first(&self, prefix: &str) -> Result<Option<Listed>, StoreError> {
+        Ok(self.list_from(prefix, Some(1), true).await?.into_iter().next())
+    }
+
+    async fn list_from(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        own_marker: bool,
+    ) -> Result<Vec<Listed>, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::List, prefix, e);
-        let args =
-            OpList::from(opendal::options::ListOptions { recursive: true, ..Default::default() });
+        let args = OpList::from(opendal::options::ListOptions {
+            recursive: true,
+            limit,
+            ..Default::default()
+        });
         // An empty prefix lists the whole bucket: opendal spells that "/".
         let path = if prefix.is_empty() { "/" } else { prefix };
-        let mut lister = self.op.service().list_dyn(self.op.context(), path, args).map_err(err)?;
+        let mut lister =
+            self.op().service().list_dyn(self.op().context(), path, args).map_err(err)?;
         let mut out = Vec::new();
         while let Some(entry) = lister.next().await.map_err(err)? {
             let (path, meta) = entry.into_parts();
-            // opendal reports the listed prefix itself when it is a marker; keep real keys.
-            if path == "/" || (!prefix.is_empty() && path == prefix && meta.is_dir()) {
+            // opendal reports the listed prefix itself when it is a marker; the mirror's
+            // root has none to keep, a directory looked at by event work has.
+            let is_own = !prefix.is_empty() && path == prefix && meta.is_dir();
+            if path == "/" || (is_own && !own_marker) {
                 continue;
             }
             out.push(listed(path, &meta));
+            if limit.is_some_and(|n| out.len() >= n) {
+                break;
+            }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
@@ -199,16 +293,16 @@ impl Client {
             ..Default::default()
         });
         let path = if prefix.is_empty() { "/" } else { prefix };
-        let mut lister = self.op.service().list_dyn(self.op.context(), path, args)?;
+        let mut lister = self.op().service().list_dyn(self.op().context(), path, args)?;
         lister.next().await.map(|_| ())
     }
 
     /// HEAD: size, ETag and user metadata.
     pub async fn head(&self, key: &str) -> Result<Head, StoreError> {
         let rp = self
-            .op
+            .op()
             .service()
-            .stat_dyn(self.op.context(), key, OpStat::new())
+            .stat_dyn(self.op().context(), key, OpStat::new())
             .await
             .map_err(|e| StoreError::from_opendal(StoreOp::Head, key, e))?;
         let meta = rp.into_metadata();
@@ -227,7 +321,7 @@ impl Client {
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Get, key, e);
         let reader =
-            self.op.service().read_dyn(self.op.context(), key, OpRead::new()).map_err(err)?;
+            self.op().service().read_dyn(self.op().context(), key, OpRead::new()).map_err(err)?;
         let (_, mut stream) = reader.open(BytesRange::default()).await.map_err(err)?;
         Ok(stream.read_all().await.map_err(err)?.to_vec())
     }
@@ -247,9 +341,10 @@ impl Client {
             concurrent,
             ..Default::default()
         };
+        let unretried = &self.current().unretried;
         let (args, _) =
-            OpWrite::from_options(&self.unretried.service().capability(), options).map_err(err)?;
-        self.unretried.service().write_dyn(self.unretried.context(), key, args).map_err(err)
+            OpWrite::from_options(&unretried.service().capability(), options).map_err(err)?;
+        unretried.service().write_dyn(unretried.context(), key, args).map_err(err)
     }
 
     /// One PUT of `body` with `metadata`; returns the ETag.
@@ -269,7 +364,7 @@ impl Client {
     /// DELETE one key (S3 answers success for a missing key too).
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Delete, key, e);
-        let mut d = self.op.service().delete_dyn(self.op.context()).map_err(err)?;
+        let mut d = self.op().service().delete_dyn(self.op().context()).map_err(err)?;
         d.delete(key, OpDelete::new()).await.map_err(err)?;
         d.close().await.map_err(err)
     }
@@ -278,8 +373,11 @@ impl Client {
     /// new ETag. For renames (#13): no byte passes through replicad.
     pub async fn copy(&self, from: &str, to: &str) -> Result<String, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Copy, to, e);
-        let mut c =
-            self.op.service().copy_dyn(self.op.context(), from, to, OpCopy::new()).map_err(err)?;
+        let mut c = self
+            .op()
+            .service()
+            .copy_dyn(self.op().context(), from, to, OpCopy::new())
+            .map_err(err)?;
         loop {
             match c.next().await {
                 Ok(Some(_)) => {}
@@ -298,6 +396,12 @@ impl Client {
             }
         }
     }
+}
+
+/// True if `text` (an error's one line) says the request never reached the store (no
+/// connection, a timeout): another endpoint may answer.
+pub fn is_unreachable(text: &str) -> bool {
+    text.contains("send http request") || text.contains("timeout") || text.contains("timed out")
 }
 
 fn listed(key: String, meta: &Metadata) -> Listed {

@@ -7,7 +7,7 @@
 //! | `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` | required, both |
 //! | `AWS_SESSION_TOKEN` | optional (temporary credentials) |
 //! | `AWS_REGION` (else `AWS_DEFAULT_REGION`) | signing region; default `us-east-1` |
-//! | `AWS_ENDPOINT_URL` | an S3-compatible endpoint (`https://…`); default AWS |
+//! | `AWS_ENDPOINT_URL` | an S3-compatible endpoint (`https://…`), or several comma-separated (failover, in order); default AWS |
 //! | `AWS_ALLOW_HTTP` | `true` to allow an `http://` endpoint (a local store) |
 //!
 //! Profiles, instance metadata and web identity are deliberately not consulted: the
@@ -92,7 +92,8 @@ impl BucketUrl {
 /// How to reach and sign for the store.
 #[derive(Clone, PartialEq, Eq)]
 pub struct S3Settings {
-    /// `AWS_ENDPOINT_URL`, without a trailing `/`; `None` for AWS itself.
+    /// `AWS_ENDPOINT_URL`, without a trailing `/` (several: comma-separated, tried in
+    /// order); `None` for AWS itself.
     pub endpoint: Option<String>,
     /// The signing region.
     pub region: String,
@@ -120,6 +121,14 @@ fn truthy(v: &str) -> bool {
 }
 
 impl S3Settings {
+    /// The endpoints in the order they are tried (`None`: AWS's default).
+    pub fn endpoints(&self) -> Vec<Option<String>> {
+        match &self.endpoint {
+            None => vec![None],
+            Some(list) => list.split(',').map(|u| Some(u.to_owned())).collect(),
+        }
+    }
+
     /// Reads the standard variables through `env` (e.g. `|k| std::env::var(k).ok()`).
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<S3Settings, ConfigError> {
         let get = |k: &str| env(k).filter(|v| !v.is_empty());
@@ -131,20 +140,25 @@ impl S3Settings {
         let allow_http = get("AWS_ALLOW_HTTP").is_some_and(|v| truthy(&v));
         let endpoint = match get("AWS_ENDPOINT_URL") {
             None => None,
-            Some(url) => {
-                let invalid = |why| ConfigError::Invalid {
-                    name: "AWS_ENDPOINT_URL",
-                    value: url.clone(),
-                    why,
-                };
-                if url.starts_with("http://") {
-                    if !allow_http {
-                        return Err(invalid("plain http needs AWS_ALLOW_HTTP=true"));
+            Some(list) => {
+                let mut urls = Vec::new();
+                // Several endpoints, comma-separated: tried in order (see `Client::failover`).
+                for url in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+                    let invalid = |why| ConfigError::Invalid {
+                        name: "AWS_ENDPOINT_URL",
+                        value: url.to_owned(),
+                        why,
+                    };
+                    if url.starts_with("http://") {
+                        if !allow_http {
+                            return Err(invalid("plain http needs AWS_ALLOW_HTTP=true"));
+                        }
+                    } else if !url.starts_with("https://") {
+                        return Err(invalid("the endpoint must start with https:// (or http://)"));
                     }
-                } else if !url.starts_with("https://") {
-                    return Err(invalid("the endpoint must start with https:// (or http://)"));
+                    urls.push(url.trim_end_matches('/').to_owned());
                 }
-                Some(url.trim_end_matches('/').to_owned())
+                (!urls.is_empty()).then(|| urls.join(","))
             }
         };
         Ok(S3Settings {
@@ -209,5 +223,17 @@ mod tests {
         );
         let ftp = [keys[0], keys[1], ("AWS_ENDPOINT_URL", "ftp://x")];
         assert!(matches!(S3Settings::from_env(env(&ftp)), Err(ConfigError::Invalid { .. })));
+    }
+
+    #[test]
+    fn several_endpoints_are_comma_separated_and_each_checked() {
+        let keys = [("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")];
+        let two = [keys[0], keys[1], ("AWS_ENDPOINT_URL", "https://a/, https://b")];
+        let s = S3Settings::from_env(env(&two)).unwrap();
+        assert_eq!(s.endpoints(), vec![Some("https://a".into()), Some("https://b".into())]);
+        let one_bad = [keys[0], keys[1], ("AWS_ENDPOINT_URL", "https://a,http://b")];
+        assert!(matches!(S3Settings::from_env(env(&one_bad)), Err(ConfigError::Invalid { .. })));
+        let none = S3Settings::from_env(env(&keys)).unwrap();
+        assert_eq!(none.endpoints(), vec![None]);
     }
 }

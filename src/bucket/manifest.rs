@@ -75,6 +75,18 @@ impl Manifest {
         same.then_some(&r.meta)
     }
 
+    /// Like [`Manifest::trusted`], or else the metadata of replicad's own write of that key
+    /// not yet bound, when LIST shows the ETag and size that write returned — exactly
+    /// what [`Manifest::bind_writes`] will bind at the end of the pass. Event work between
+    /// passes (and a rename's copies) reads its own writes back this way without a HEAD.
+    pub fn trusted_or_written(&self, listed: &Listed) -> Option<&ObjectMeta> {
+        self.trusted(listed).or_else(|| {
+            let w = self.written.get(&listed.key)?;
+            let same = w.size == listed.size && w.etag == listed.etag && !w.etag.is_empty();
+            same.then_some(&w.meta)
+        })
+    }
+
     /// Binds what a HEAD of `listed` returned to it (the HEAD ran after that LIST; if the
     /// object changed in between, its Last-Modified no longer matches at the next LIST).
     pub fn record_head(&mut self, listed: &Listed, meta: ObjectMeta) {

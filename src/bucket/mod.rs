@@ -57,6 +57,7 @@ pub mod encode;
 pub mod error;
 pub mod etag;
 pub mod manifest;
+pub mod many;
 pub mod mapping;
 pub mod meta;
 pub mod store;

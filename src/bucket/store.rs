@@ -75,8 +75,9 @@ impl Bucket {
         retries: Retries,
         policy: UploadPolicy,
     ) -> Result<Bucket, StartupError> {
-        super::check::startup_check(url, settings).await?;
+        let answered = super::check::startup_check(url, settings).await?;
         let client = Client::new(url, settings, retries)?;
+        client.use_endpoint(answered);
         Ok(Bucket { client, prefix: url.prefix.clone(), policy })
     }
 
@@ -98,6 +99,38 @@ impl Bucket {
     /// Lists the whole prefix (⌈N/1000⌉ requests). A failure is an error, never empty.
     pub async fn list(&self) -> Result<Listing, StoreError> {
         let raw = self.client.list(self.prefix.as_str()).await?;
+        Ok(self.listing_of(raw))
+    }
+
+    /// What event work on `paths` needs, not the whole prefix: for each path, its parent's
+    /// marker (or first key, which proves the directory), its file and link keys, and
+    /// everything under its directory key — 3 one-key LISTs plus ⌈n/1000⌉ for the n
+    /// objects below it. A failure is an error, never empty.
+    pub async fn list_scoped(&self, paths: &[&RelPath]) -> Result<Listing, StoreError> {
+        let mut raw = std::collections::BTreeMap::new();
+        for rel in paths.iter().filter(|r| !r.is_root()) {
+            let parent = rel.parent().unwrap_or_default();
+            let firsts = [
+                (!parent.is_root()).then(|| self.key(&parent, ObjectKind::Dir)),
+                Some(self.key(rel, ObjectKind::File)),
+                Some(self.key(rel, ObjectKind::Symlink)),
+            ];
+            // A name the mapping cannot hold has no object to find.
+            for key in firsts.into_iter().flatten().filter_map(Result::ok) {
+                if let Some(l) = self.client.list_first(&key).await? {
+                    raw.insert(l.key.clone(), l);
+                }
+            }
+            if let Ok(dir) = self.key(rel, ObjectKind::Dir) {
+                for l in self.client.list_with_marker(&dir).await? {
+                    raw.insert(l.key.clone(), l);
+                }
+            }
+        }
+        Ok(self.listing_of(raw.into_values().collect()))
+    }
+
+    fn listing_of(&self, raw: Vec<Listed>) -> Listing {
         let mut listing = Listing::default();
         for l in &raw {
             match mapping::decode_key(&self.prefix, &l.key) {
@@ -109,7 +142,7 @@ impl Bucket {
             }
         }
         listing.raw = raw;
-        Ok(listing)
+        listing
     }
 
     /// The attributes of `object`: from the manifest if LIST still shows the object the

@@ -197,21 +197,23 @@ impl<R: Replica> Engine<R> {
         self.fix_dir_attrs(src_dir, dst_dir, dir_rel, counters);
     }
 
+    /// Renames `from` to `to` in REPLICA when that is exactly what SOURCE did; true if it
+    /// did (a dry run: would have).
     pub(super) fn try_rename(
         &self,
         roots: &Roots<R::Dir>,
         from: &RelPath,
         to: &RelPath,
         counters: &Counters,
-    ) {
-        let Some(dst_root) = &roots.dst else { return };
+    ) -> bool {
+        let Some(dst_root) = &roots.dst else { return false };
         let (Some(from_parent), Some(to_parent)) = (from.parent(), to.parent()) else {
-            return;
+            return false;
         };
         let (Some(from_name), Some(to_name)) =
             (from.file_name().map(c_name), to.file_name().map(c_name))
         else {
-            return;
+            return false;
         };
         let opened = (
             open_path_at(&roots.src, &from_parent),
@@ -220,7 +222,7 @@ impl<R: Replica> Engine<R> {
             self.open_replica_path(dst_root, &to_parent),
         );
         let (Ok(src_from_dir), Ok(src_to_dir), Ok(dst_from_dir), Ok(dst_to_dir)) = opened else {
-            return;
+            return false;
         };
         let stats = (
             Entry::stat_at(&src_from_dir, &from_name),
@@ -231,7 +233,7 @@ impl<R: Replica> Engine<R> {
         // Only a clean move: SOURCE has `to` and no `from`; REPLICA has `from`, of the
         // same kind (and, for a file, the same content stamp), and nothing at `to`.
         let (Ok(None), Ok(Some(src)), Ok(Some(dst)), Ok(None)) = stats else {
-            return;
+            return false;
         };
         let same = src.kind == dst.kind
             && match src.kind {
@@ -245,16 +247,17 @@ impl<R: Replica> Engine<R> {
         // moving the directory would carry excluded entries into mirrored places. Copy and
         // remove instead; the removal keeps what is excluded.
         if !same || (src.kind == Kind::Dir && self.excludes.depend_on_place()) {
-            return;
+            return false;
         }
         if !self.opts.dry_run
             && let Err(e) = self.replica.rename(&dst_from_dir, &from_name, &dst_to_dir, &to_name)
         {
             // Not fatal: the reconciles that follow copy and remove instead.
             debug!(path = %to, error = %e, "rename in replica failed; reconciling instead");
-            return;
+            return false;
         }
         info!(action = %"rename", path = %to, from = %from);
         Counters::bump(&counters.rename, 1);
+        true
     }
 }

@@ -19,6 +19,7 @@
 //! | `horizon` | when xattrs need not be read again (the last clean pass) |
 //! | `report` | counts, the pass report, the exit status, the summary line |
 //! | `names` | lazy relative paths for messages, C names, fd-relative path opening |
+//! | `mirror` | the entry points as one object-safe trait, for the service |
 
 mod apply;
 mod content;
@@ -28,6 +29,7 @@ mod events;
 mod horizon;
 mod links;
 mod look;
+mod mirror;
 mod names;
 mod report;
 mod scope;
@@ -52,6 +54,7 @@ use crate::replica::{Local, Replica, Roots};
 use crate::stats::Stats;
 
 pub use decide::{Action, Rules, decide};
+pub use mirror::Mirror;
 pub use report::{Counts, PassReport, SUMMARY_TARGET};
 
 use horizon::Horizon;
@@ -220,7 +223,7 @@ impl<R: Replica> Engine<R> {
     /// Reconciles the whole tree.
     pub fn full_pass(&self) -> PassReport {
         let start = self.horizon.pass_start();
-        let report = self.run(|roots, counters| {
+        let report = self.run(None, |roots, counters| {
             let live = Arc::new(Counters::default());
             *self.current_pass.lock().unwrap_or_else(|e| e.into_inner()) = Some(live.clone());
             self.reconcile_root(roots, &live);
@@ -256,7 +259,7 @@ impl<R: Replica> Engine<R> {
         if rel.is_root() && recursive {
             return self.full_pass();
         }
-        self.run(|roots, counters| match rel.is_root() {
+        self.run(Some(&[rel]), |roots, counters| match rel.is_root() {
             true => self.fix_root_attrs(&roots, counters),
             false => self.reconcile_below_root(&roots, rel, recursive, counters),
         })
@@ -276,30 +279,41 @@ impl<R: Replica> Engine<R> {
     /// again (an exchange, or a rename onto it), mirrors whatever it now holds. Either fixes
     /// its parent, so the result is right whatever the rename did.
     pub fn follow_rename(&self, from: &RelPath, to: &RelPath) -> PassReport {
-        self.run(|roots, counters| {
+        self.run(Some(&[from, to]), |mut roots, counters| {
             // Either end excluded (as a file or as a directory): no shortcut, the two
             // reconciles below do what the exclusion allows.
             let excluded = |p: &RelPath| {
                 self.excludes.matches_path_or_parent(p, false)
                     || self.excludes.matches_path_or_parent(p, true)
             };
-            if !excluded(from) && !excluded(to) {
-                self.try_rename(&roots, from, to, counters);
+            if !excluded(from) && !excluded(to) && self.try_rename(&roots, from, to, counters) {
+                // A listing taken before the rename no longer shows either end.
+                if self.replica.caps().snapshot {
+                    match self.open_roots(Some(&[from, to])) {
+                        Ok(again) => roots = again,
+                        Err(_) => return,
+                    }
+                }
             }
             self.reconcile_below_root(&roots, to, true, counters);
             self.reconcile_below_root(&roots, from, true, counters);
         })
     }
 
-    /// One piece of work on the pool: the roots are opened through the guards, `work` runs
-    /// if they pass, and the counts become the report.
-    fn run(&self, work: impl FnOnce(Roots<R::Dir>, &Counters) + Send) -> PassReport {
+    /// One piece of work on the pool: the roots are opened through the guards (for event
+    /// work, `scope`: the paths it looks at), `work` runs if they pass, and the counts
+    /// become the report.
+    fn run(
+        &self,
+        scope: Option<&[&RelPath]>,
+        work: impl FnOnce(Roots<R::Dir>, &Counters) + Send,
+    ) -> PassReport {
         self.in_pool(|| {
             self.horizon.check_clock();
             let started = Instant::now();
             let counters = Counters::default();
             let mut report = PassReport::default();
-            match self.open_roots() {
+            match self.open_roots(scope) {
                 Err(trip) => report.guard = Some(trip),
                 Ok(roots) => {
                     let link_roots = self.link_roots(&roots);
@@ -337,7 +351,7 @@ impl<R: Replica> Engine<R> {
     /// Opens both roots anew through the guards (see `guard`). Before the first piece of
     /// work, REPLICA must take a probe file (a read-only REPLICA is found before anything
     /// else is tried, and its filesystem's mtime precision with it).
-    fn open_roots(&self) -> Result<Roots<R::Dir>, GuardTrip> {
+    fn open_roots(&self, scope: Option<&[&RelPath]>) -> Result<Roots<R::Dir>, GuardTrip> {
         let probe = |dst: &R::Dir| match self.opts.dry_run {
             false if self.mtimes.get().is_none() => {
                 let mtimes = self
@@ -349,7 +363,10 @@ impl<R: Replica> Engine<R> {
             }
             _ => Ok(()),
         };
-        self.replica.open_roots(&self.guard, &probe)
+        match scope {
+            None => self.replica.open_roots(&self.guard, &probe),
+            Some(paths) => self.replica.open_roots_for(&self.guard, &probe, paths),
+        }
     }
 
     /// The decision rules, with REPLICA's mtime precision once it is known.

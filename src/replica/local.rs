@@ -53,7 +53,13 @@ impl Replica for Local {
     type Dir = OwnedFd;
 
     fn caps(&self) -> Caps {
-        Caps { hard_links: true, special_files: true, file_attrs_in_place: true, root_attrs: true }
+        Caps {
+            hard_links: true,
+            special_files: true,
+            file_attrs_in_place: true,
+            root_attrs: true,
+            snapshot: false,
+        }
     }
 
     fn xattrs(&self) -> Option<&XattrSupport> {

@@ -105,6 +105,10 @@ pub struct Caps {
     /// The root directory itself has attributes to mirror (false: a bucket prefix, which
     /// rclone neither writes nor restores a marker for).
     pub root_attrs: bool,
+    /// Directory handles answer from a listing taken when the roots were opened (a
+    /// bucket): after a rename moved names, the engine opens the roots again before it
+    /// looks at either end.
+    pub snapshot: bool,
 }
 
 /// How a full pass ended, for [`Replica::end_pass`].
@@ -146,6 +150,19 @@ pub trait Replica: Send + Sync + 'static {
         guard: &Guard,
         also: &dyn Fn(&Self::Dir) -> Result<(), GuardTrip>,
     ) -> Result<Roots<Self::Dir>, GuardTrip>;
+
+    /// Opens both roots for event work that looks only at `paths` (each with what is
+    /// below it, and its parent's own attributes). A replica whose handles hold a listing
+    /// lists only that much instead of the whole tree; REPLICA is never reported empty
+    /// (the deletion guard then holds whenever SOURCE is empty). Default: `open_roots`.
+    fn open_roots_for(
+        &self,
+        guard: &Guard,
+        also: &dyn Fn(&Self::Dir) -> Result<(), GuardTrip>,
+        _paths: &[&RelPath],
+    ) -> Result<Roots<Self::Dir>, GuardTrip> {
+        self.open_roots(guard, also)
+    }
 
     /// Finds out, by writing a probe, that REPLICA takes writes and what it keeps of an
     /// mtime.

@@ -1,8 +1,8 @@
-//! `replicad SOURCE s3://BUCKET[/PREFIX] --once` (or `--dry-run`): the tokio runtime the
-//! bucket's requests run on, the start-up check (wrong credentials, a missing bucket or an
-//! unreachable endpoint: one line, exit 1, nothing written), then one full pass of the
-//! engine over [`BucketReplica`]. The live service into a bucket is issue #13; `Config`
-//! refuses it before anything starts.
+//! `replicad SOURCE s3://BUCKET[/PREFIX]`: the tokio runtime the bucket's requests run on
+//! (the service's tasks share it), the start-up check (wrong credentials, a missing bucket
+//! or an unreachable endpoint: one line, exit 1, nothing written), then the engine over
+//! [`BucketReplica`] — one full pass with `--once`/`--dry-run`, else the live service,
+//! the very `serve` a local REPLICA runs, through [`crate::engine::Mirror`].
 
 use std::sync::Arc;
 
@@ -12,14 +12,14 @@ use tracing::{error, warn};
 use crate::bucket::error::one_line;
 use crate::bucket::{BlockingBucket, Bucket, BucketUrl, Retries, S3Settings, UploadPolicy};
 use crate::config::Config;
-use crate::engine::Engine;
+use crate::engine::{Engine, Mirror};
 use crate::replica::BucketReplica;
 
 use super::systemd::SHUTDOWN_GRACE;
 
-/// Runs one pass into the bucket; the exit status.
-pub fn run_once(
-    config: &Config,
+/// Runs one pass into the bucket, or the service; the exit status.
+pub fn run(
+    config: Config,
     url: &BucketUrl,
     settings: &S3Settings,
     cancel: CancellationToken,
@@ -43,16 +43,19 @@ pub fn run_once(
         warn!("--verify has no effect on a bucket yet: objects are not read back after upload");
     }
     let blocking = BlockingBucket::new(bucket, runtime.handle().clone());
-    let replica = BucketReplica::new(blocking, cancel.clone());
-    let engine =
-        match Engine::with_replica(config, config.excludes.clone(), cancel.clone(), replica) {
+    let replica = BucketReplica::new(blocking, cancel.clone()).with_jobs(config.jobs);
+    let engine: Arc<dyn Mirror> =
+        match Engine::with_replica(&config, config.excludes.clone(), cancel.clone(), replica) {
             Ok(e) => Arc::new(e),
             Err(e) => {
                 error!("{e}");
                 return 1;
             }
         };
-    let status = runtime.block_on(super::once(engine, config.dry_run, cancel));
+    let status = match config.once {
+        true => runtime.block_on(super::once(engine, config.dry_run, cancel)),
+        false => runtime.block_on(super::serve(config, engine, cancel)),
+    };
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
     status
 }

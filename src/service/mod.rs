@@ -23,11 +23,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::engine::{Engine, PassReport};
+use crate::engine::{Engine, Mirror, PassReport};
 use crate::error::GuardTrip;
 use crate::queue::{self, Outcome, Work};
 use crate::relpath::Escaped;
-use crate::replica::Replica;
 use progress::Progress;
 use report::{record_counts, record_pass};
 use systemd::{SHUTDOWN_GRACE, Watchdog, notify, status_line};
@@ -49,15 +48,16 @@ pub fn run_main(config: Config) -> u8 {
     log_start(&config);
     let cancel = CancellationToken::new();
     if let Some((url, settings)) = config.bucket.clone() {
-        return bucket::run_once(&config, &url, &settings, cancel);
+        return bucket::run(config, &url, &settings, cancel);
     }
-    let engine = match Engine::new(&config, config.excludes.clone(), cancel.clone()) {
-        Ok(e) => Arc::new(e),
-        Err(e) => {
-            error!("{e}");
-            return 1;
-        }
-    };
+    let engine: Arc<dyn Mirror> =
+        match Engine::new(&config, config.excludes.clone(), cancel.clone()) {
+            Ok(e) => Arc::new(e),
+            Err(e) => {
+                error!("{e}");
+                return 1;
+            }
+        };
     // The filesystem work runs on the engine's own pool; tokio's blocking threads only
     // wait for it (one per piece of event work, plus the pass and the watcher's walk).
     let runtime = match runtime(config.jobs) {
@@ -86,7 +86,7 @@ fn runtime(jobs: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// One full pass, stoppable by SIGINT/SIGTERM like the service (no temporary file is left
 /// behind); the status says whether REPLICA now matches SOURCE.
-async fn once<R: Replica>(engine: Arc<Engine<R>>, dry_run: bool, cancel: CancellationToken) -> u8 {
+async fn once(engine: Arc<dyn Mirror>, dry_run: bool, cancel: CancellationToken) -> u8 {
     let signals = match signals::listen(cancel.clone()) {
         Ok(task) => task,
         Err(e) => {
@@ -106,7 +106,7 @@ async fn once<R: Replica>(engine: Arc<Engine<R>>, dry_run: bool, cancel: Cancell
         let mut ticks = tokio::time::interval(Duration::from_millis(500));
         loop {
             ticks.tick().await;
-            progress.update(&engine);
+            progress.update(engine.as_ref());
         }
     };
     let stopped_late = async {
@@ -149,7 +149,7 @@ fn log_pass(report: &PassReport, dry_run: bool) {
 }
 
 /// The service: signals, watcher, queue, then passes every interval until cancelled.
-pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToken) -> u8 {
+pub async fn serve(config: Config, engine: Arc<dyn Mirror>, cancel: CancellationToken) -> u8 {
     let signals = match signals::listen(cancel.clone()) {
         Ok(task) => task,
         Err(e) => {
@@ -187,7 +187,12 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
     let mut watcher = Watcher::new(&config, hints_tx, full_pass.clone());
     let mut status = 0;
     if watcher.start(&cancel).await {
-        let work = work_fn(engine.clone(), exclusive.clone(), full_pass.clone(), cancel.clone());
+        // A store that fails event work (down, throttling, credentials) loses no change:
+        // the work is not retried path by path but folded into a full pass, which the
+        // replica guard holds back (re-checked every few seconds) until the store answers.
+        let fold = config.bucket.is_some();
+        let work =
+            work_fn(engine.clone(), exclusive.clone(), full_pass.clone(), cancel.clone(), fold);
         tracker.spawn(queue::run_queue(
             hints_rx,
             config.jobs,
@@ -217,7 +222,7 @@ pub async fn serve(config: Config, engine: Arc<Engine>, cancel: CancellationToke
 /// until a stop; returns the exit status.
 async fn pass_loop(
     config: &Config,
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Mirror>,
     exclusive: &Arc<RwLock<()>>,
     full_pass: &Notify,
     watcher: &mut Watcher,
@@ -313,7 +318,7 @@ enum PassRun {
 /// (event work the pass waits for, then the pass itself). After a stop request the pass
 /// gets [`SHUTDOWN_GRACE`] to notice it, then is left behind.
 async fn full_pass_guarded(
-    engine: &Arc<Engine>,
+    engine: &Arc<dyn Mirror>,
     exclusive: &Arc<RwLock<()>>,
     cancel: &CancellationToken,
     watchdog: &mut Watchdog,
@@ -323,7 +328,7 @@ async fn full_pass_guarded(
         tokio::select! {
             () = cancel.cancelled() => return PassRun::Stopped,
             lock = exclusive.clone().write_owned() => break lock,
-            _ = watchdog.tick() => watchdog.feed_if_moving(engine),
+            _ = watchdog.tick() => watchdog.feed_if_moving(engine.as_ref()),
         }
     };
     let worker = engine.clone();
@@ -343,8 +348,8 @@ async fn full_pass_guarded(
                 Err(_) => PassRun::Panicked,
             },
             _ = watchdog.tick() => {
-                watchdog.feed_if_moving(engine);
-                progress.update(engine);
+                watchdog.feed_if_moving(engine.as_ref());
+                progress.update(engine.as_ref());
             }
             () = cancel.cancelled(), if !stopping => {
                 stopping = true;
@@ -409,10 +414,11 @@ async fn wait_for_next_pass(
 /// What the queue runs for each piece of work: the engine, waited for on the blocking
 /// pool (the work itself runs on the engine's pool).
 fn work_fn(
-    engine: Arc<Engine>,
+    engine: Arc<dyn Mirror>,
     exclusive: Arc<RwLock<()>>,
     full_pass: Arc<Notify>,
     cancel: CancellationToken,
+    fold_failures: bool,
 ) -> impl Fn(Work) -> std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>> + Clone + Send + 'static
 {
     move |work: Work| {
@@ -441,6 +447,10 @@ fn work_fn(
                     // A link made across directories to a name no pass has seen linked:
                     // only a full pass finds the other name.
                     if report.links_unresolved {
+                        full_pass.notify_one();
+                    }
+                    let failed = report.guard.is_some() || report.counts.errors > 0;
+                    if fold_failures && failed && !report.cancelled {
                         full_pass.notify_one();
                     }
                     record_counts(engine_stats.as_ref(), &report);

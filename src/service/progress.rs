@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::engine::Engine;
+use crate::engine::Mirror;
 use crate::logging::progress_bar;
-use crate::replica::Replica;
 
 /// A later pass shows progress only once it has run this long.
 const SHOW_AFTER: Duration = Duration::from_secs(3);
@@ -27,7 +26,7 @@ impl Progress {
     }
 
     /// Redraws the line from the running pass's counters.
-    pub fn update<R: Replica>(&mut self, engine: &Engine<R>) {
+    pub fn update(&mut self, engine: &dyn Mirror) {
         let Some(bar) = self.bar else { return };
         let elapsed = self.started.elapsed();
         if !self.first && elapsed < SHOW_AFTER {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio::time::{Instant, Interval};
 
-use crate::engine::{Engine, PassReport};
+use crate::engine::{Mirror, PassReport};
 use crate::stats::Stats;
 
 /// Sends `state` to systemd; a failure to reach it is not worth stopping for.
@@ -48,7 +48,7 @@ pub fn sync_state(stats: &Stats) -> String {
 }
 
 /// The `STATUS=` line while a pass runs: what it has done so far.
-fn progress_line(engine: &Engine, first: bool) -> Option<String> {
+fn progress_line(engine: &dyn Mirror, first: bool) -> Option<String> {
     let c = engine.pass_progress()?;
     let which = if first { "first pass" } else { "pass" };
     Some(format!(
@@ -122,7 +122,7 @@ impl Watchdog {
     /// Pings if `engine` moved since the last look, or is waiting on the kernel's flush:
     /// a pass (or event work the main loop waits for) that stopped moving is not fed.
     /// Also tells systemd how far the running pass has got.
-    pub fn feed_if_moving(&mut self, engine: &Engine) {
+    pub fn feed_if_moving(&mut self, engine: &dyn Mirror) {
         let now = engine.progress();
         if self.seen != Some(now) || engine.is_flushing() {
             self.feed();

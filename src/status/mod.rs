@@ -18,7 +18,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::StatusAddr;
-use crate::engine::Engine;
+use crate::engine::Mirror;
 use crate::stats::Stats;
 
 /// What the handlers read.
@@ -26,7 +26,7 @@ pub struct StatusState {
     /// The service's statistics.
     pub stats: Arc<Stats>,
     /// The engine, for the running pass's progress.
-    pub engine: Arc<Engine>,
+    pub engine: Arc<dyn Mirror>,
     /// SOURCE, as displayed.
     pub source: String,
     /// REPLICA, as displayed.

@@ -9,6 +9,7 @@
 
 mod cluster;
 mod comparer;
+mod live;
 mod measure;
 mod once;
 mod roundtrip;

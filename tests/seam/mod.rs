@@ -244,8 +244,13 @@ fn the_engine_reaches_the_replica_only_through_the_seam() {
     t.once(&[]).assert_code(0);
     t.source().remove("gone").file("d/b", "b2").mtime("d/b", 1_000, 7).file("d/e/c", "c");
     t.replica().file("stray", "x");
-    let full =
-        Caps { hard_links: true, special_files: true, file_attrs_in_place: true, root_attrs: true };
+    let full = Caps {
+        hard_links: true,
+        special_files: true,
+        file_attrs_in_place: true,
+        root_attrs: true,
+        snapshot: false,
+    };
     let engine = engine(&t, Fake::new(full, true));
     let report = engine.full_pass();
     assert_eq!(report.exit_status(), 0, "{report:?}");
@@ -270,6 +275,7 @@ fn a_replica_without_hard_links_fifos_or_xattrs_gets_copies_and_skips() {
         special_files: false,
         file_attrs_in_place: true,
         root_attrs: true,
+        snapshot: false,
     };
     let engine = engine(&t, Fake::new(bare, false));
     let report = engine.full_pass();

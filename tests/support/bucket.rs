@@ -213,6 +213,23 @@ pub fn read_bucket(settings: &S3Settings, url: &BucketUrl) -> Objects {
     })
 }
 
+/// Like [`read_bucket`], for a bucket a running service is changing: an object deleted
+/// between the LIST and its HEAD or GET, or a store that does not answer, is `None` (read
+/// again later) rather than a panic.
+pub fn try_read_bucket(settings: &S3Settings, url: &BucketUrl) -> Option<Objects> {
+    let client = Client::new(url, settings, Retries { max_times: 0, ..Retries::default() }).ok()?;
+    let prefix = &url.prefix;
+    block_on(async {
+        let mut out = Objects::new();
+        for l in client.list(prefix.as_str()).await.ok()? {
+            let head = client.head(&l.key).await.ok()?;
+            let bytes = if l.size == 0 { Vec::new() } else { client.get(&l.key).await.ok()? };
+            out.insert(l.key, Obj { bytes, meta: head.user_metadata.into_iter().collect() });
+        }
+        Some(out)
+    })
+}
+
 /// Panics with both sides listed unless the bucket holds exactly what `src` must produce.
 #[track_caller]
 pub fn assert_bucket_mirrors(src: &Path, settings: &S3Settings, url: &BucketUrl) {

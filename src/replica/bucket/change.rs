@@ -75,7 +75,7 @@ impl BucketReplica {
     /// Notes that `name` in `dir` is being made as `kind`; refuses a name already there
     /// and a symlink/directory pair that rclone would restore under one name.
     pub(super) fn make(&self, dir: &BucketDir, name: &CStr, kind: ObjectKind) -> io::Result<()> {
-        let mut made = lock(&self.made);
+        let mut made = lock(&dir.made);
         let here = made.entry(dir.rel.clone()).or_default();
         let seen = |n: &[u8], k: ObjectKind| {
             let Ok(n) = CString::new(n) else { return false };

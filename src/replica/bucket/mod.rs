@@ -7,6 +7,11 @@
 //!   handle is its path plus that view, and `list`/`stat` answer from it. `stat` turns an
 //!   object into an [`Entry`] with the metadata the manifest remembers while LIST still
 //!   shows the same object, else with a HEAD: a no-op pass makes ⌈N/1000⌉ LISTs, no HEAD.
+//!   Event work (the live service) lists only what it looks at
+//!   ([`Replica::open_roots_for`]: the parent's marker, the path's file and link keys —
+//!   one-key LISTs — and everything under its directory key), not the whole prefix; each
+//!   opening has its own record of what it made, so concurrent event works never share
+//!   one. The listing is a snapshot: after a rename the engine opens the roots again.
 //! - **Writing.** A file is uploaded whole (one PUT, or a multipart upload completed only
 //!   whole) from SOURCE's descriptor; one that changed meanwhile is the engine's
 //!   `ChangedDuringCopy`. A symlink is a `NAME.rclonelink` object, a directory a `DIR/`
@@ -25,6 +30,7 @@
 
 mod change;
 mod look;
+mod rename;
 pub mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -45,7 +51,7 @@ use super::{
 use crate::bucket::etag::{content_md5, etag_md5};
 use crate::bucket::manifest::Written;
 use crate::bucket::mapping::MapError;
-use crate::bucket::{BlockingBucket, Listed, Manifest, ObjectKind, StoreError};
+use crate::bucket::{BlockingBucket, Manifest, ObjectKind, StoreError};
 use crate::checksum::{Md5Cache, Md5Sum};
 use crate::entry::{AttrDiff, Entry, Kind, MtimeStore};
 use crate::error::{EntryErrorKind, GuardTrip};
@@ -54,11 +60,25 @@ use crate::relpath::RelPath;
 
 use view::{Child, View, meta_for};
 
-/// An open REPLICA directory: its path and the pass's listing.
+/// Directories and symlinks made by one piece of work, by parent (new directories are
+/// opened from here; a link and a directory that would share a name are caught here).
+/// One per opening of the roots, with its listing: concurrent event works each have
+/// their own, so none forgets what another made.
+type Made = Mutex<HashMap<RelPath, HashMap<CString, ObjectKind>>>;
+
+/// An open REPLICA directory: its path, the listing of this piece of work, and what this
+/// piece of work made.
 #[derive(Clone)]
 pub struct BucketDir {
     rel: RelPath,
     view: Arc<View>,
+    made: Arc<Made>,
+}
+
+impl BucketDir {
+    fn root(view: View) -> BucketDir {
+        BucketDir { rel: RelPath::root(), view: Arc::new(view), made: Arc::default() }
+    }
 }
 
 /// REPLICA as a prefix of an S3 bucket.
@@ -70,11 +90,10 @@ pub struct BucketReplica {
     manifest: Mutex<Option<Manifest>>,
     /// Keys written this pass: never strays, whatever the listing said before.
     written: Mutex<HashSet<String>>,
-    /// Directories and symlinks made this pass, by parent (new directories are opened
-    /// from here; a link and a directory that would share a name are caught here).
-    made: Mutex<HashMap<RelPath, HashMap<CString, ObjectKind>>>,
     /// HEADs this pass (a no-op pass with a trusted manifest makes none; `-v` shows it).
     heads: AtomicU64,
+    /// Requests at once for a renamed directory's copies and deletes (`--jobs`).
+    jobs: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -85,6 +104,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn io_err(e: StoreError) -> io::Error {
     let kind = if e.is_not_found() { io::ErrorKind::NotFound } else { io::ErrorKind::Other };
     io::Error::new(kind, e.to_string())
+}
+
+/// A store that cannot be listed (or its manifest read): the guard holds, nothing is
+/// read as empty.
+fn unusable(e: StoreError) -> GuardTrip {
+    GuardTrip::ReplicaUnusable(crate::bucket::error::one_line(&e))
+}
+
+impl BucketReplica {
+    /// Like [`unusable`]; and when the store could not be reached at all, the next
+    /// endpoint of `AWS_ENDPOINT_URL` is tried by the guard's next re-check.
+    fn unreachable_or_unusable(&self, e: StoreError) -> GuardTrip {
+        let trip = unusable(e);
+        if let GuardTrip::ReplicaUnusable(text) = &trip
+            && crate::bucket::client::is_unreachable(text)
+            && let Some(next) = self.bucket.inner().client().failover()
+        {
+            tracing::warn!(
+                endpoint = next,
+                "bucket endpoint unreachable; failing over to the next"
+            );
+        }
+        trip
+    }
 }
 
 fn map_err(e: MapError) -> io::Error {
@@ -103,36 +146,15 @@ impl BucketReplica {
             cancel,
             manifest: Mutex::new(None),
             written: Mutex::new(HashSet::new()),
-            made: Mutex::new(HashMap::new()),
             heads: AtomicU64::new(0),
+            jobs: 4,
         }
     }
 
-    fn key(&self, rel: &RelPath, kind: ObjectKind) -> io::Result<String> {
-        self.bucket.inner().key(rel, kind).map_err(map_err)
-    }
-
-    /// Records replicad's own write of `key` (bound to a Last-Modified at the end of the
-    /// pass).
-    fn wrote(&self, key: &str, written: Written) {
-        if let Some(m) = lock(&self.manifest).as_mut() {
-            m.note_write(key, written);
-        }
-        lock(&self.written).insert(key.to_owned());
-    }
-
-    fn child<'v>(&self, dir: &'v BucketDir, name: &CStr) -> io::Result<&'v Child> {
-        dir.view.child(&dir.rel, name).ok_or_else(|| {
-            let rel = dir.rel.join(name_of(name));
-            io::Error::new(io::ErrorKind::NotFound, format!("{rel}: no object"))
-        })
-    }
-
-    fn object<'v>(&self, dir: &'v BucketDir, name: &CStr) -> io::Result<&'v Listed> {
-        self.child(dir, name)?
-            .listed
-            .as_ref()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+    /// The same replica making at most `jobs` requests at once for a renamed directory.
+    pub fn with_jobs(mut self, jobs: usize) -> BucketReplica {
+        self.jobs = jobs.max(1);
+        self
     }
 }
 
@@ -149,6 +171,7 @@ impl Replica for BucketReplica {
             special_files: false,
             file_attrs_in_place: false,
             root_attrs: false,
+            snapshot: true,
         }
     }
 
@@ -161,20 +184,30 @@ impl Replica for BucketReplica {
         guard: &Guard,
         also: &dyn Fn(&BucketDir) -> Result<(), GuardTrip>,
     ) -> Result<Roots<BucketDir>, GuardTrip> {
-        let unusable =
-            |e: StoreError| GuardTrip::ReplicaUnusable(crate::bucket::error::one_line(&e));
         let open = || {
-            if lock(&self.manifest).is_none() {
-                // A cache: a missing or unreadable one costs HEADs; a failed GET is a trip.
-                let loaded = self.bucket.load_manifest().map_err(unusable)?;
-                *lock(&self.manifest) = Some(loaded);
-            }
-            let view = Arc::new(View::new(self.bucket.list().map_err(unusable)?));
+            self.load_manifest()?;
+            let view = View::new(self.bucket.list().map_err(|e| self.unreachable_or_unusable(e))?);
             lock(&self.written).clear();
-            lock(&self.made).clear();
             self.heads.store(0, Ordering::Relaxed);
             let empty = view.is_empty();
-            Ok((BucketDir { rel: RelPath::root(), view }, empty))
+            Ok((BucketDir::root(view), empty))
+        };
+        let (src, dst) = guard.open_with(open, also)?;
+        Ok(Roots { src, dst: Some(dst) })
+    }
+
+    fn open_roots_for(
+        &self,
+        guard: &Guard,
+        also: &dyn Fn(&BucketDir) -> Result<(), GuardTrip>,
+        paths: &[&RelPath],
+    ) -> Result<Roots<BucketDir>, GuardTrip> {
+        let open = || {
+            self.load_manifest()?;
+            let listed = self.bucket.list_scoped(paths);
+            let view = View::new(listed.map_err(|e| self.unreachable_or_unusable(e))?);
+            // Not the whole prefix: never "empty", so an empty SOURCE trips the guard.
+            Ok((BucketDir::root(view), false))
         };
         let (src, dst) = guard.open_with(open, also)?;
         Ok(Roots { src, dst: Some(dst) })
@@ -201,12 +234,14 @@ impl Replica for BucketReplica {
 
     fn open_dir(&self, parent: &BucketDir, name: &CStr) -> io::Result<BucketDir> {
         let listed = parent.view.child(&parent.rel, name).map(|c| c.kind);
-        let made = lock(&self.made).get(&parent.rel).and_then(|m| m.get(name).copied());
+        let made = lock(&parent.made).get(&parent.rel).and_then(|m| m.get(name).copied());
         // Made this pass first: it replaced whatever the listing showed there.
         match made.or(listed) {
-            Some(ObjectKind::Dir) => {
-                Ok(BucketDir { rel: parent.rel.join(name_of(name)), view: parent.view.clone() })
-            }
+            Some(ObjectKind::Dir) => Ok(BucketDir {
+                rel: parent.rel.join(name_of(name)),
+                view: parent.view.clone(),
+                made: parent.made.clone(),
+            }),
             Some(_) => Err(io::Error::from(io::ErrorKind::NotADirectory)),
             None => Err(io::Error::from(io::ErrorKind::NotFound)),
         }
@@ -236,7 +271,7 @@ impl Replica for BucketReplica {
     fn stat_dir(&self, dir: &BucketDir) -> io::Result<Entry> {
         let child = match (dir.rel.parent(), dir.rel.file_name()) {
             (Some(parent), Some(name)) => CString::new(name.as_bytes()).ok().and_then(|name| {
-                let made = lock(&self.made).get(&parent).is_some_and(|m| m.contains_key(&name));
+                let made = lock(&dir.made).get(&parent).is_some_and(|m| m.contains_key(&name));
                 // Made this pass, in place of whatever the listing showed: no marker yet.
                 (!made).then(|| dir.view.child(&parent, &name).cloned()).flatten()
             }),
@@ -373,9 +408,14 @@ impl Replica for BucketReplica {
         Err(unsupported("a bucket has no hard links"))
     }
 
-    fn rename(&self, _: &BucketDir, _: &CStr, _: &BucketDir, _: &CStr) -> io::Result<()> {
-        // The engine copies and removes instead (server-side renames come with #13).
-        Err(unsupported("renames in a bucket come with issue #13"))
+    fn rename(
+        &self,
+        from_dir: &BucketDir,
+        from: &CStr,
+        to_dir: &BucketDir,
+        to: &CStr,
+    ) -> io::Result<()> {
+        self.rename_objects(from_dir, from, to_dir, to)
     }
 
     fn remove_file(&self, dir: &BucketDir, name: &CStr) -> io::Result<()> {
