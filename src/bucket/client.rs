@@ -335,16 +335,7 @@ impl Client {
         metadata: HashMap<String, String>,
         concurrent: usize,
     ) -> Result<opendal::raw::oio::Writer, StoreError> {
-        let err = |e| StoreError::from_opendal(StoreOp::Put, key, e);
-        let options = opendal::options::WriteOptions {
-            user_metadata: Some(metadata),
-            concurrent,
-            ..Default::default()
-        };
-        let unretried = &self.current().unretried;
-        let (args, _) =
-            OpWrite::from_options(&unretried.service().capability(), options).map_err(err)?;
-        unretried.service().write_dyn(unretried.context(), key, args).map_err(err)
+        writer_on(&self.current().unretried, key, metadata, concurrent)
     }
 
     /// One PUT of `body` with `metadata`; returns the ETag.
@@ -355,7 +346,8 @@ impl Client {
         metadata: HashMap<String, String>,
     ) -> Result<String, StoreError> {
         let err = |e| StoreError::from_opendal(StoreOp::Put, key, e);
-        let mut w = self.writer(key, metadata, 1)?;
+        // One PUT: the retry layer resends it whole on a 5xx or `SlowDown`.
+        let mut w = writer_on(self.op(), key, metadata, 1)?;
         w.write(Buffer::from(body)).await.map_err(err)?;
         let meta: Metadata = w.close().await.map_err(err)?;
         Ok(meta.etag().map(unquote).unwrap_or_default())
@@ -411,4 +403,21 @@ fn listed(key: String, meta: &Metadata) -> Listed {
         etag: meta.etag().map(unquote).unwrap_or_default(),
         last_modified_ns: meta.last_modified().map(|t| t.into_inner().as_nanosecond()).unwrap_or(0),
     }
+}
+
+/// A writer of `key` on `op` (with or without the retry layer).
+fn writer_on(
+    op: &Operator,
+    key: &str,
+    metadata: HashMap<String, String>,
+    concurrent: usize,
+) -> Result<opendal::raw::oio::Writer, StoreError> {
+    let err = |e| StoreError::from_opendal(StoreOp::Put, key, e);
+    let options = opendal::options::WriteOptions {
+        user_metadata: Some(metadata),
+        concurrent,
+        ..Default::default()
+    };
+    let (args, _) = OpWrite::from_options(&op.service().capability(), options).map_err(err)?;
+    op.service().write_dyn(op.context(), key, args).map_err(err)
 }
