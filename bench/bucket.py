@@ -144,11 +144,8 @@ class Bench:
               f"rss {rss / 1024:6.1f} MiB  rc={rc}", flush=True)
         return s
 
-    def rounds(self, tools):
-        for r in range(self.args.runs):
-            k = r % len(tools)
-            for tool in tools[k:] + tools[:k]:
-                yield r, tool
+    # (round, tool) pairs, the order rotating each round: the same as bench/run.py.
+    rounds = run.Bench.rounds
 
     def run(self):
         src, base, mut = self.trees["src"], self.trees["base"], self.trees["mut"]

@@ -287,6 +287,8 @@ fn bucket_live_measure_latency_and_burst() {
                 seen = true;
                 break;
             }
+            // The sampling interval of a latency measurement (wait_until's 10 ms would
+            // blur a ~60 ms figure), not a wait for a condition.
             std::thread::sleep(Duration::from_millis(2));
         }
         assert!(seen, "{key} never appeared; log:\n{}", svc.log());

@@ -177,13 +177,7 @@ impl Garage {
 
     /// True once the S3 port answers an HTTP request (any status).
     fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.s3_port)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 12];
-        s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"HTTP/"))
+        s3_answers(self.s3_port)
     }
 
     /// S3 requests Garage has answered so far, by endpoint (`ListObjectsV2`, `HeadObject`,
@@ -222,22 +216,7 @@ impl Garage {
 
     /// Runs `garage -c CONFIG ARGS…`; stdout, or stderr as the error.
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("garage")
-            .arg("-c")
-            .arg(&self.config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        garage_cli(&self.config, args)
     }
 
     /// Makes a bucket the default key may read and write.
@@ -329,5 +308,36 @@ impl Drop for Garage {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// True once the S3 port answers an HTTP request (any status).
+pub(crate) fn s3_answers(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"HTTP/"))
+}
+
+/// Runs `garage -c CONFIG ARGS…`; stdout, or stdout and stderr as the error.
+pub(crate) fn garage_cli(config: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("garage")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }

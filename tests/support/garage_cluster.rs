@@ -8,15 +8,16 @@
 //! Skips like [`super::garage::Garage::start`]: a visible `SKIP` line when `garage` is not
 //! installed, a failure under CI.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::garage::{GARAGE_VERSION, REGION, available, free_port, hex, seed};
+use super::garage::{
+    GARAGE_VERSION, REGION, available, free_port, garage_cli, hex, s3_answers, seed,
+};
 use super::wait_until;
 
 /// How long a node, the cluster's layout or the bucket may take to appear.
@@ -42,13 +43,7 @@ impl Node {
     }
 
     fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.s3_port)) else { return false };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
-            return false;
-        }
-        let mut buf = [0u8; 12];
-        s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"HTTP/"))
+        s3_answers(self.s3_port)
     }
 
     fn log(&self) -> String {
@@ -181,22 +176,7 @@ impl Cluster {
 
     /// `garage -c NODE-i-CONFIG ARGS…` (the CLI talks to that node over RPC).
     pub fn cli(&self, i: usize, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("garage")
-            .arg("-c")
-            .arg(&self.nodes[i].config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        garage_cli(&self.nodes[i].config, args)
     }
 
     /// Every node's log, for failure messages.
